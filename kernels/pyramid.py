@@ -21,10 +21,10 @@ def level_offsets(n: int, levels: int, pooling: int) -> list[int]:
 def pool_pyramid_ref(x: torch.Tensor, *, levels: int, pooling: int) -> torch.Tensor:
     """Mean-pool ``x [B, H, N, D]`` into the flat pyramid ``[B, H, sum_l N/p^l, D]``.
 
-    Pooling accumulates in float32 and returns ``x.dtype``.
+    Pooling accumulates in at least float32 and returns ``x.dtype``.
     """
     batch, heads, n, dim = x.shape
-    x32 = x.float()
+    x32 = x.to(torch.promote_types(x.dtype, torch.float32))
     pooled = [x32.view(batch, heads, n // pooling**level, pooling**level, dim).mean(dim=3)
               for level in range(levels)]
     return torch.cat(pooled, dim=2).to(x.dtype)
