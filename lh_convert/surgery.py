@@ -1,0 +1,132 @@
+"""Model surgery: turn a pretrained checkpoint into a Lighthouse run folder (``lh-convert convert``).
+
+The order is the one that cannot go wrong: read the source config, change RoPE and the
+context in the config, record the Lighthouse settings in it, build the model from that config
+and load the weights (missing or unexpected keys are errors), then write the run folder
+atomically. Lighthouse adds no parameters, so the weights are the source's, unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lighthouse_kernels import LighthouseConfig
+
+from .attention import CONFIG_KEY, LighthouseSettings
+from .checkpoint import atomic_directory
+from .errors import LhConvertError
+from .manifest import RunManifest
+from .rope import DEFAULT_ROPE_METHOD, apply_rope_change, plan_rope_change
+from .sources import load_config, load_model, load_tokenizer, resolve_source
+
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+MAX_SHARD_SIZE = "2GB"
+_CONTEXT = re.compile(r"^\s*(\d+)\s*([kKmM]?)\s*$")
+
+
+def parse_context(text: str | int) -> int:
+    """``65536``, ``64k`` or ``64K`` -> 65536; ``1m`` -> 1048576."""
+    if isinstance(text, int):
+        value = text
+    else:
+        match = _CONTEXT.match(text)
+        if match is None:
+            raise LhConvertError(f"malformed --ctx {text!r}: use a token count such as 65536 or 64k")
+        value = int(match.group(1)) * {"": 1, "k": 1024, "m": 1024**2}[match.group(2).lower()]
+    if value <= 0:
+        raise LhConvertError(f"--ctx must be positive, got {text!r}; use for example 64k")
+    return value
+
+
+def parse_dense_layers(text: str) -> tuple[int, ...]:
+    """``"0,1,-2,-1"`` -> ``(0, 1, -2, -1)``; ``""`` -> no dense layers."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise LhConvertError(f"malformed --dense-layers {text!r}: use comma-separated layer "
+                             f"indices such as 0,1,-2,-1") from None
+
+
+def _valid_topks(settings: LighthouseSettings, ctx: int) -> list[int]:
+    return [topk for topk in range(settings.tile, ctx + 1, settings.tile)
+            if LighthouseConfig(levels=settings.levels, pooling=settings.pooling, topk=topk,
+                                tile=settings.tile).length_problem(ctx) is None]
+
+
+def check_lighthouse_settings(settings: LighthouseSettings, *, ctx: int, num_layers: int) -> None:
+    """Raise a one-line error naming the violated constraint of SPEC §2 and a valid value."""
+    try:
+        kernel = settings.kernel
+    except ValueError as error:
+        raise LhConvertError(f"impossible Lighthouse parameters: {error}") from None
+    settings.dense_layer_set(num_layers)
+    problem = kernel.length_problem(ctx)
+    if problem is None:
+        return
+    if ctx % kernel.coarsest_window:
+        fix = f"use a --ctx that is a multiple of {kernel.coarsest_window}"
+    else:
+        topks = _valid_topks(settings, ctx)
+        below = [topk for topk in topks if topk <= settings.topk]
+        fix = (f"try --topk {below[-1] if below else topks[0]}" if topks else
+               f"use fewer --levels or a smaller --pooling; --ctx {ctx} is too short for "
+               f"--tile {settings.tile}")
+    raise LhConvertError(f"impossible Lighthouse parameters for --ctx {ctx}: {problem}; {fix}")
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    run_dir: Path
+    manifest: RunManifest
+    seconds: float
+
+
+def convert(*, model: str, ctx: int | str, out: Path, rope: str = DEFAULT_ROPE_METHOD,
+            settings: LighthouseSettings = LighthouseSettings(), dtype: str = "auto") -> ConvertResult:
+    """Convert ``model`` (local folder, ``.gguf``, hub id or alias) into the run folder ``out``.
+
+    The folder holds sharded safetensors weights, the tokenizer, a config with the new RoPE,
+    ``max_position_embeddings = ctx`` and ``lighthouse`` settings, and ``manifest.json``.
+    It appears only when complete; on any error nothing is left behind.
+    """
+    started = time.perf_counter()
+    ctx = parse_context(ctx)
+    if dtype not in DTYPES:
+        raise LhConvertError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    out = Path(out)
+    if out.exists():
+        raise LhConvertError(f"output folder {out} already exists; choose another --out or delete it")
+    source = resolve_source(model)
+    config = load_config(source)
+    check_lighthouse_settings(settings, ctx=ctx, num_layers=config.num_hidden_layers)
+    change = plan_rope_change(config, target_context=ctx, method=rope)
+    apply_rope_change(config, change)
+    setattr(config, CONFIG_KEY, settings.to_dict())
+    network = load_model(source, config=config, dtype=DTYPES[dtype])
+    tokenizer = load_tokenizer(source)
+    dense = settings.dense_layer_set(config.num_hidden_layers)
+    manifest = RunManifest(
+        source=source.to_dict(),
+        model_type=config.model_type,
+        num_layers=config.num_hidden_layers,
+        num_parameters=sum(p.numel() for p in network.parameters()),
+        original_context=change.original_context,
+        target_context=ctx,
+        rope=change.to_dict(),
+        lighthouse=settings.to_dict(),
+        lighthouse_layers=[i for i in range(config.num_hidden_layers) if i not in dense],
+        selected_length=settings.kernel.selected_length(ctx),
+        dtype=str(next(network.parameters()).dtype).removeprefix("torch."),
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    with atomic_directory(out) as staging:
+        network.save_pretrained(staging, max_shard_size=MAX_SHARD_SIZE)
+        tokenizer.save_pretrained(staging)
+        manifest.write(staging)
+    return ConvertResult(run_dir=out, manifest=manifest, seconds=time.perf_counter() - started)
