@@ -66,18 +66,7 @@ def _fsync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
-@contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
-    """Build a folder under a temporary name and move it to `final` only if the block succeeds.
-
-    Yields a fresh empty folder `<parent>/.<final.name>.tmp-<random>` on the same file system
-    as `final`. When the block returns, the folder is renamed to `final`; when it raises
-    (including KeyboardInterrupt), the temporary folder is removed and the exception propagates.
-
-    Raises:
-        LhConvertError: `final` already exists, or its parent cannot be created or written to.
-    """
-    final = Path(final).expanduser().absolute()
+def _make_temporary_sibling(final: Path) -> Path:
     if final.exists() or final.is_symlink():
         raise LhConvertError(
             f"output folder {final} already exists; choose another --out or delete it"
@@ -91,6 +80,27 @@ def atomic_directory(final: Path) -> Iterator[Path]:
             f"output folder's parent {final.parent} is not writable ({error.strerror or error}); "
             "choose another --out"
         ) from error
+    return temporary
+
+
+def check_output_folder(final: Path) -> None:
+    """Fail now, before any long work, if ``atomic_directory(final)`` would fail to start."""
+    _make_temporary_sibling(Path(final).expanduser().absolute()).rmdir()
+
+
+@contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Build a folder under a temporary name and move it to `final` only if the block succeeds.
+
+    Yields a fresh empty folder `<parent>/.<final.name>.tmp-<random>` on the same file system
+    as `final`. When the block returns, the folder is renamed to `final`; when it raises
+    (including KeyboardInterrupt), the temporary folder is removed and the exception propagates.
+
+    Raises:
+        LhConvertError: `final` already exists, or its parent cannot be created or written to.
+    """
+    final = Path(final).expanduser().absolute()
+    temporary = _make_temporary_sibling(final)
     try:
         yield temporary
         if final.exists() or final.is_symlink():  # appeared while we worked; never replace it

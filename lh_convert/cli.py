@@ -81,6 +81,9 @@ def convert(model: str, ctx: str, out: Path, rope: str, dtype: str, levels: int,
                f"S = {manifest.selected_length} of N = {manifest.target_context} tokens "
                f"({manifest.target_context / manifest.selected_length:.1f}x shorter)")
     click.echo(f"  run folder: {out}")
+    if not manifest.lighthouse_layers:
+        click.echo("warning: every layer is dense, so Lighthouse will never run; "
+                   "pass fewer --dense-layers", err=True)
 
 
 @main.command(epilog="Example: lh-convert export --run runs/smollm2-64k --out exported/smollm2-64k")

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
 from .attention import CONFIG_KEY
-from .checkpoint import atomic_directory
+from .checkpoint import atomic_directory, check_output_folder
 from .errors import LhConvertError
 from .runs import load_run_model, run_weights_dir
 from .surgery import MAX_SHARD_SIZE
@@ -74,6 +74,7 @@ def verify_in_fresh_process(folder: Path, *, input_ids: torch.Tensor,
 
 def export(*, run: Path, out: Path, verify: bool = True) -> ExportResult:
     """Write the run's weights as a plain Hugging Face checkpoint to ``out`` and verify it."""
+    check_output_folder(Path(out))
     model, manifest, _ = load_run_model(run, lighthouse=False, dtype=None)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(run_weights_dir(run))

@@ -18,7 +18,7 @@ import torch
 from lighthouse_kernels import LighthouseConfig
 
 from .attention import CONFIG_KEY, LighthouseSettings
-from .checkpoint import atomic_directory
+from .checkpoint import atomic_directory, check_output_folder
 from .errors import LhConvertError
 from .manifest import RunManifest
 from .rope import DEFAULT_ROPE_METHOD, apply_rope_change, plan_rope_change
@@ -100,8 +100,7 @@ def convert(*, model: str, ctx: int | str, out: Path, rope: str = DEFAULT_ROPE_M
     if dtype not in DTYPES:
         raise LhConvertError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     out = Path(out)
-    if out.exists():
-        raise LhConvertError(f"output folder {out} already exists; choose another --out or delete it")
+    check_output_folder(out)
     source = resolve_source(model)
     config = load_config(source)
     check_lighthouse_settings(settings, ctx=ctx, num_layers=config.num_hidden_layers)
