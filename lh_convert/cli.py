@@ -134,5 +134,26 @@ def demo(workdir: Path, model: str, ctx: str) -> None:
     run_demo(workdir=workdir, model=model, ctx=ctx, echo=click.echo)
 
 
+@main.group()
+def bench() -> None:
+    """Benchmarks (BENCH.md); they need a CUDA GPU."""
+
+
+@bench.command("attention", epilog="Example: lh-convert bench attention --lengths 32k,64k,128k "
+                                    "--topk 2048,n/64 --out bench-results")
+@click.option("--lengths", default="32k,64k,128k,256k,512k", help="Sequence lengths N.")
+@click.option("--topk", default="2048,n/64", help="Budgets k; n/64 is the paper's setting.")
+@click.option("--out", default="bench-results", type=click.Path(path_type=Path),
+              help="Folder for bench_attention.json and bench_attention.png.")
+def bench_attention(lengths: str, topk: str, out: Path) -> None:
+    """One layer, B=1, H=8, D=128, bf16: Lighthouse vs dense causal SDPA, fwd and fwd+bwd."""
+    from .bench_attention import run_benchmark
+    from .surgery import parse_context
+
+    topks = [t.strip() if t.strip() == "n/64" else int(t) for t in topk.split(",")]
+    run_benchmark(lengths=[parse_context(n) for n in lengths.split(",")], topks=topks,
+                  out_dir=out, echo=click.echo)
+
+
 if __name__ == "__main__":
     main()
