@@ -69,7 +69,7 @@ def check_against_reference(*, n: int, config: LighthouseConfig, heads: int, dim
     q, k, v, grad = (torch.randn(1, heads, n, dim, device=device, generator=gen) for _ in range(4))
 
     def run(attend, dtype):
-        inputs = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+        inputs = [t.detach().to(dtype).clone().requires_grad_() for t in (q, k, v)]
         out = attend(*inputs, config=config)
         out.backward(grad.to(dtype))
         return [out.float()] + [t.grad.float() for t in inputs]

@@ -15,7 +15,6 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-import gguf
 import numpy as np
 import pytest
 import torch
@@ -182,6 +181,8 @@ def make_tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> MakeTinyGguf:
         name: str | None = None,
         extra_tensors: dict[str, np.ndarray] | None = None,
     ) -> Path:
+        import gguf  # here, not at the top: GPU machines run tests/kernels without it
+
         config = AutoConfig.from_pretrained(checkpoint)
         model_type = config.model_type
         if model_type not in ("llama", "mistral", "qwen2", "qwen3"):
@@ -231,6 +232,8 @@ def make_tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> MakeTinyGguf:
 
 def _add_gguf_tokenizer(writer: gguf.GGUFWriter, tokenizer_json: Path) -> None:
     """Store a byte-level BPE tokenizer.json the way llama.cpp stores a GPT-2 style tokenizer."""
+    import gguf
+
     spec = json.loads(tokenizer_json.read_text())
     tokens = sorted(spec["model"]["vocab"], key=spec["model"]["vocab"].get)
     special = {added["content"]: added["id"] for added in spec["added_tokens"]}
