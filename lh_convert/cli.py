@@ -134,7 +134,7 @@ def demo(workdir: Path, model: str, ctx: str) -> None:
     run_demo(workdir=workdir, model=model, ctx=ctx, echo=click.echo)
 
 
-@main.group()
+@main.group(epilog="Example: lh-convert bench attention --lengths 32k,64k")
 def bench() -> None:
     """Benchmarks (BENCH.md); they need a CUDA GPU."""
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from lh_convert.cli import main
 
 TINY_FLAGS = ["--levels", "2", "--pooling", "2", "--topk", "16", "--tile", "8"]
-COMMANDS = ["convert", "export", "aliases", "doctor", "demo"]
+COMMANDS = ["convert", "export", "aliases", "doctor", "demo", "bench", "bench attention"]
 
 
 def _run(*args: str):
@@ -32,7 +32,7 @@ def _nothing_left(folder: Path) -> None:
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_shows_an_example(command: str) -> None:
-    result = _run(command, "--help")
+    result = _run(*command.split(), "--help")
     assert result.exit_code == 0 and "Example" in result.output and "lh-convert " in result.output
 
 
@@ -53,6 +53,11 @@ def test_all_dense_conversion_warns(make_tiny_checkpoint, tmp_path: Path) -> Non
                   "--out", str(tmp_path / "run"), *TINY_FLAGS)
     assert result.exit_code == 0
     assert "warning: every layer is dense" in result.stderr
+
+
+def test_bench_without_a_gpu_is_a_clear_error(tmp_path: Path) -> None:
+    result = _run("bench", "attention", "--lengths", "32k", "--out", str(tmp_path / "b"))
+    _assert_one_line_error(result, "needs a CUDA GPU")
 
 
 def test_doctor_runs_the_probe() -> None:
