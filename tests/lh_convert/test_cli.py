@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from lh_convert.cli import main
@@ -55,6 +56,7 @@ def test_all_dense_conversion_warns(make_tiny_checkpoint, tmp_path: Path) -> Non
     assert "warning: every layer is dense" in result.stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without a GPU")
 def test_bench_without_a_gpu_is_a_clear_error(tmp_path: Path) -> None:
     result = _run("bench", "attention", "--lengths", "32k", "--out", str(tmp_path / "b"))
     _assert_one_line_error(result, "needs a CUDA GPU")
