@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from .config import LighthouseConfig
-from .gather import gather_ref
+from .gather import gather_pool
 from .pyramid import scores_ref
-from .scatter import scatter_back_ref
+from .scatter import scatter_back
 from .select import select_ref
 
 logger = logging.getLogger(__name__)
@@ -42,11 +42,11 @@ def attend_selected(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     index: torch.Tensor, *, config: LighthouseConfig,
                     scale: float | None = None) -> torch.Tensor:
     """Gather ``index`` from the pyramids, run causal SDPA on them, scatter back: ``[B, H, N, D]``."""
-    gathered_q = gather_ref(query, index, config=config)
-    gathered_k = gather_ref(key, index, config=config)
-    gathered_v = gather_ref(value, index, config=config)
+    gathered_q = gather_pool(query, index, config=config)
+    gathered_k = gather_pool(key, index, config=config)
+    gathered_v = gather_pool(value, index, config=config)
     attended = dense_causal_attention(gathered_q, gathered_k, gathered_v, scale=scale)
-    return scatter_back_ref(attended, index, n=query.shape[2], config=config)
+    return scatter_back(attended, index, n=query.shape[2], config=config)
 
 
 def fallback_reason(query: torch.Tensor, key: torch.Tensor, *,
