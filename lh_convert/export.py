@@ -23,7 +23,7 @@ from transformers import AutoTokenizer
 from .attention import CONFIG_KEY
 from .checkpoint import atomic_directory, check_output_folder
 from .errors import LhConvertError
-from .runs import load_run_model, run_weights_dir
+from .runs import load_run_model
 from .surgery import MAX_SHARD_SIZE
 
 VERIFY_TEXT = ("The lighthouse keeper climbed the stairs at dusk, lit the lamp, and watched "
@@ -77,7 +77,7 @@ def export(*, run: Path, out: Path, verify: bool = True) -> ExportResult:
     check_output_folder(Path(out))
     model, manifest, _ = load_run_model(run, lighthouse=False, dtype=None)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(run_weights_dir(run))
+    tokenizer = AutoTokenizer.from_pretrained(run)
     config = model.config
     for key in FORBIDDEN_CONFIG_KEYS:
         if key in config.__dict__ and key != "_attn_implementation":

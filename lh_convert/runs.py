@@ -9,26 +9,36 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from .attention import ATTENTION_NAME, ProbeReport, probe
 from .checkpoint import verify_safetensors_dir
+from .errors import LhConvertError
 from .manifest import RunManifest, read_manifest
-
-
-def run_weights_dir(run_dir: Path) -> Path:
-    """The folder holding the run's current weights and config (the run folder itself)."""
-    return Path(run_dir)
+from .train_state import latest_checkpoint
 
 
 def load_run_model(run_dir: Path, *, lighthouse: bool, dtype: torch.dtype | None = None,
-                   device: str | torch.device = "cpu"
+                   device: str | torch.device = "cpu", trained: bool = True
                    ) -> tuple[PreTrainedModel, RunManifest, ProbeReport]:
     """The run's model with ``attn_implementation`` lighthouse (or sdpa), probed after loading.
 
-    Returns the model, the manifest and the probe's report of which path every layer took.
+    With ``trained``, the weights of the newest training checkpoint replace the converted
+    ones when the run has one. Returns the model, the manifest and the probe's report of which
+    path every layer took.
     """
     manifest = read_manifest(run_dir)
-    weights = run_weights_dir(run_dir)
-    verify_safetensors_dir(weights)
-    config = AutoConfig.from_pretrained(weights)
+    verify_safetensors_dir(Path(run_dir))
+    config = AutoConfig.from_pretrained(run_dir)
     model = AutoModelForCausalLM.from_pretrained(
-        weights, config=config, dtype=dtype or "auto",
-        attn_implementation=ATTENTION_NAME if lighthouse else "sdpa").to(device)
+        run_dir, config=config, dtype=dtype or "auto",
+        attn_implementation=ATTENTION_NAME if lighthouse else "sdpa")
+    checkpoint = latest_checkpoint(run_dir) if trained else None
+    if checkpoint is not None:
+        from safetensors.torch import load_file
+
+        verify_safetensors_dir(checkpoint)
+        state = load_file(str(checkpoint / "model.safetensors"))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise LhConvertError(f"checkpoint {checkpoint} does not fit the run's model (missing "
+                                 f"{missing[:3]}, unexpected {unexpected[:3]}); it belongs to "
+                                 f"another run")
+    model.to(device)
     return model, manifest, probe(model, expect_lighthouse=lighthouse)
