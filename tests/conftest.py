@@ -7,9 +7,18 @@ pip (a package registry) and is then cached across sessions.
 
 from __future__ import annotations
 
+import os
+
+import torch
+
+# Kernel tests run the Triton kernels: compiled on a GPU, else through Triton's interpreter.
+# Triton fixes the mode when a kernel is decorated, so this must precede every import of
+# lighthouse_kernels (the lh_convert tests import it too).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import inspect
 import json
-import os
 import string
 import textwrap
 from collections.abc import Callable
@@ -17,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
