@@ -117,6 +117,38 @@ def bench_length(*, n: int, config: LighthouseConfig, heads: int = 8, dim: int =
                     lighthouse_peak_gib=peak, max_abs_err=err)
 
 
+def stage_breakdown(*, n: int, config: LighthouseConfig, heads: int = 8, dim: int = 128,
+                    device: str = "cuda") -> dict[str, float]:
+    """Median ms of each stage, forward+backward where it has one: where the time goes."""
+    from lighthouse_kernels import select_indices
+    from lighthouse_kernels.gather import gather_pool
+    from lighthouse_kernels.scatter import scatter_back
+
+    q, k, v = (torch.randn(1, heads, n, dim, device=device, dtype=torch.bfloat16,
+                           requires_grad=True) for _ in range(3))
+    index = select_indices(q, k, config=config)
+    selected = index.shape[-1]
+    gathered = torch.randn(1, heads, selected, dim, device=device, dtype=torch.bfloat16,
+                           requires_grad=True)
+    grad_s = torch.randn_like(gathered)
+    grad_n = torch.randn_like(q)
+
+    def gather_step() -> None:
+        for x in (q, k, v):
+            gather_pool(x, index, config=config).backward(grad_s)
+
+    def scatter_step() -> None:
+        scatter_back(gathered, index, n=n, config=config).backward(grad_n)
+
+    dense = lambda a, b, c: F.scaled_dot_product_attention(a, b, c, is_causal=True)  # noqa: E731
+    fq, fk, fv = (torch.randn(1, heads, selected, dim, device=device, dtype=torch.bfloat16,
+                              requires_grad=True) for _ in range(3))
+    return {"select_ms": _median_ms(lambda: select_indices(q, k, config=config)),
+            "gather_qkv_fwdbwd_ms": _median_ms(gather_step),
+            "sdpa_on_s_fwdbwd_ms": _median_ms(_fwd_bwd(dense, fq, fk, fv, grad_s)),
+            "scatter_fwdbwd_ms": _median_ms(scatter_step)}
+
+
 def plot(rows: list[BenchRow], path: Path) -> None:
     import matplotlib
 
@@ -141,11 +173,12 @@ def plot(rows: list[BenchRow], path: Path) -> None:
 
 
 def run_benchmark(*, lengths: list[int], topks: list[int | str], out_dir: Path,
-                  echo: Callable[[str], None], levels: int = 3, pooling: int = 4) -> list[BenchRow]:
+                  echo: Callable[[str], None], levels: int = 3, pooling: int = 4,
+                  breakdown: bool = True) -> list[BenchRow]:
     """Run BENCH.md's protocol; ``topks`` entries are ints or ``"n/64"`` (the paper's setting)."""
     if not torch.cuda.is_available():
         raise LhConvertError("the attention benchmark needs a CUDA GPU; run it on a GPU machine")
-    rows = []
+    rows, breakdowns = [], []
     echo(f"{'N':>8} {'k':>6} {'S':>7} {'dense f':>9} {'dense fb':>9} {'LH f':>8} {'LH fb':>8} "
          f"{'floor fb':>9} {'speedup':>8} {'floor x':>8} {'peak GiB':>9} {'err':>8}")
     for n in lengths:
@@ -162,12 +195,17 @@ def run_benchmark(*, lengths: list[int], topks: list[int | str], out_dir: Path,
                  f"{row.lighthouse_fwd_ms:>8.2f} {row.lighthouse_fwdbwd_ms:>8.2f} "
                  f"{row.floor_fwdbwd_ms:>9.2f} {row.speedup:>7.1f}x {row.floor_speedup:>7.1f}x "
                  f"{row.lighthouse_peak_gib:>9.2f} {row.max_abs_err:>8.1e}")
+            if breakdown:
+                stages = stage_breakdown(n=n, config=config)
+                breakdowns.append({"n": n, "topk": k, **stages})
+                echo("         stages: " + ", ".join(f"{name} {ms:.2f}" for name, ms in stages.items()))
             torch.cuda.empty_cache()
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(0),
               "torch": torch.__version__,
               "rows": [{**asdict(r), "speedup": r.speedup, "floor_speedup": r.floor_speedup}
-                       for r in rows]}
+                       for r in rows],
+              "stages": breakdowns}
     (out_dir / "bench_attention.json").write_text(json.dumps(record, indent=2))
     plot(rows, out_dir / "bench_attention.png")
     echo(json.dumps(record))
