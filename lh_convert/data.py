@@ -1,0 +1,696 @@
+"""Training data for the long-context stages: read documents, tokenize once, pack, batch.
+
+Documents come from local `.txt` / `.jsonl` / `.parquet` files, folders of them, folders
+written by `datasets` (`save_to_disk`), a hub dataset id, or, when no data is named, the
+Python standard library's own source files: a corpus of long documents every machine has
+offline. Each document is tokenized with the model's tokenizer and followed by EOS; the token
+streams are cached on disk under a key of everything that changes them, so a repeated or
+resumed run memory-maps them at once. The validation share is held out by source (whole
+files), which keeps near-duplicate text inside one file from leaking across the split.
+`batch_iterator` replays a seeded, epoch-wise shuffled order from any step without touching
+the skipped data, so a resumed run sees exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import re
+import secrets
+import sysconfig
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import write_json_atomic
+from .errors import LhConvertError
+
+_KINDS = {".txt": "text", ".jsonl": "jsonl", ".parquet": "parquet"}
+SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(_KINDS)
+# Seconds to wait for the hub before telling the user to pass a local copy instead.
+HUB_TIMEOUT_S = 10.0
+_CACHE_FORMAT = 1  # bump when the cached files' layout or the tokenization recipe changes
+_DATASET_MARKERS = ("state.json", "dataset_info.json", "dataset_dict.json")
+_NOT_CORPUS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+_BATCH_DOCUMENTS, _BATCH_CHARACTERS = 64, 4_000_000  # documents per tokenizer call, at most
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What the user asked to train on.
+
+    Attributes:
+        paths: files, folders or hub dataset ids (`org/name`); empty means the built-in corpus.
+        text_field: the field holding the text in `.jsonl`, `.parquet` and `datasets` data.
+        validation_fraction: the share of sources (files) held out for validation, in (0, 1);
+            with a single source, the share of its documents instead.
+    """
+
+    paths: tuple[str, ...] = ()
+    text_field: str = "text"
+    validation_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "paths", tuple(str(path) for path in self.paths))
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise LhConvertError(
+                f"validation_fraction={self.validation_fraction!r} is out of range; "
+                "pass a share strictly between 0 and 1, e.g. 0.05"
+            )
+        if not self.text_field.strip():
+            raise LhConvertError("text_field is empty; pass the name of the field holding text")
+
+
+@dataclass(frozen=True)
+class TokenizedCorpus:
+    """Token streams on disk: documents, each followed by EOS, one after the other.
+
+    Attributes:
+        train: the training stream, read-only, uint16 (vocabularies up to 65,536) or uint32.
+        validation: the held-out stream, same dtype.
+        cache_path: the folder holding train.bin, validation.bin and meta.json.
+        num_documents: (train, validation) document counts.
+        description: one line saying where the data came from and how it was split.
+    """
+
+    train: np.memmap
+    validation: np.memmap
+    cache_path: Path
+    num_documents: tuple[int, int]
+    description: str
+
+
+@dataclass(frozen=True)
+class _Source:
+    """One unit of the split: a file, or a whole `datasets` dataset."""
+
+    name: str  # relative to what the user named: decides the split, so moving data keeps it
+    kind: str  # "text", "jsonl", "parquet" or "dataset"
+    identity: str  # what the cache key hashes: path, size and mtime, or the dataset fingerprint
+    path: Path | None = None
+    dataset: Any = field(default=None, compare=False, repr=False)
+
+
+def builtin_corpus_files() -> list[Path]:
+    """The running Python's standard-library `.py` files, sorted, without tests or site-packages."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return sorted(
+        path
+        for path in root.rglob("*.py")
+        if not _NOT_CORPUS & set(path.relative_to(root).parts[:-1])
+        and not path.name.startswith("test_")
+    )
+
+
+def tokenize_corpus(
+    *, spec: DataSpec, tokenizer: Any, cache_dir: Path, progress: bool = True
+) -> TokenizedCorpus:
+    """Tokenize the data `spec` names into train and validation streams, or reuse the cache.
+
+    Each document is encoded as the tokenizer encodes any text (a Llama tokenizer prepends
+    BOS), special-token strings inside the text staying plain text, then followed by EOS.
+    The cache folder is `cache_dir/<key>`, where the key hashes the inputs (paths, sizes and
+    modification times, or dataset fingerprints), `text_field`, `validation_fraction` and the
+    tokenizer. Files appear by atomic rename, meta.json last, so concurrent ranks and
+    interrupted runs never read a half-written stream.
+
+    Args:
+        spec: the data and how to split it.
+        tokenizer: the model's transformers tokenizer; it must have an EOS token.
+        cache_dir: where tokenized corpora are kept.
+        progress: show a progress bar (documents/s) while tokenizing.
+
+    Raises:
+        LhConvertError: a path is missing, unsupported or unreadable, the data holds no text,
+            a hub dataset cannot be reached, or the tokenizer has no EOS token.
+    """
+    if tokenizer.eos_token_id is None:
+        raise LhConvertError(
+            "the tokenizer has no EOS token, so documents cannot be separated; "
+            "use the model's own tokenizer, or set eos_token in its tokenizer_config.json"
+        )
+    sources, what = _resolve_sources(spec)
+    folder = Path(cache_dir).expanduser() / _cache_key(sources, spec=spec, tokenizer=tokenizer)
+    cached = _load_cached(folder)
+    if cached is not None:
+        return cached
+    folder.mkdir(parents=True, exist_ok=True)
+    held = _held_out_sources(sources, spec.validation_fraction) if len(sources) > 1 else set()
+    documents = _documents(sources, spec.text_field)
+    tail_split: list[bool] = []
+    labelled = (
+        ((int(source.identity in held), text) for source, text in documents)
+        if held
+        else _labelled_by_document(
+            (text for _, text in documents), spec.validation_fraction, tail_split=tail_split
+        )
+    )
+    dtype = np.dtype(np.uint16 if len(tokenizer) <= 2**16 else np.uint32)
+    writers = [_StreamWriter(folder / f"{name}.bin", dtype) for name in ("train", "validation")]
+    try:
+        with tqdm(desc="tokenizing", unit="doc", disable=not progress, dynamic_ncols=True) as bar:
+            _tokenize_into(writers, labelled, tokenizer=tokenizer, bar=bar)
+        counts = (writers[0].documents, writers[1].documents)
+        if counts == (0, 0):
+            raise LhConvertError(
+                f"the data ({what}) holds no text: every document is empty; pass data with text"
+            )
+        if 0 in counts:
+            raise LhConvertError(
+                f"the data ({what}) leaves no {'training' if counts[0] == 0 else 'validation'} "
+                "documents after the split; add data or change validation_fraction"
+            )
+        for writer in writers:
+            writer.commit()
+    finally:
+        for writer in writers:
+            writer.abort()
+    if held:
+        split = f"{len(held):,} of {len(sources):,} sources held out for validation"
+    elif tail_split:
+        split = "one source, so its single document was split: its last lines are held out"
+    else:
+        split = (
+            f"one source, so its documents were split instead of files: {counts[1]:,} of "
+            f"{sum(counts):,} held out for validation"
+        )
+    write_json_atomic(
+        folder / "meta.json",
+        {
+            "format": _CACHE_FORMAT,
+            "dtype": dtype.name,
+            "num_tokens": [writer.tokens for writer in writers],
+            "num_documents": list(counts),
+            "description": f"{what}; {split}",
+            "tokenizer": getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__,
+            "eos_token_id": tokenizer.eos_token_id,
+            "text_field": spec.text_field,
+            "validation_fraction": spec.validation_fraction,
+            "validation_sources": [source.name for source in sources if source.identity in held],
+        },
+    )
+    corpus = _load_cached(folder)
+    if corpus is None:
+        raise LhConvertError(f"the token cache in {folder} does not read back; check that disk")
+    return corpus
+
+
+class PackedSequences:
+    """Fixed-length training samples cut from a token stream: sample i is
+    `tokens[i * seq_len : (i + 1) * seq_len]`; the remainder shorter than `seq_len` is dropped."""
+
+    def __init__(self, tokens: np.ndarray, *, seq_len: int) -> None:
+        if seq_len < 1:
+            raise LhConvertError(f"seq_len={seq_len} is invalid; pass a positive sequence length")
+        self.tokens, self.seq_len = tokens, seq_len
+        self._length = len(tokens) // seq_len
+        if self._length == 0:
+            raise LhConvertError(
+                f"the training data holds {len(tokens):,} tokens, fewer than one sequence of "
+                f"{seq_len:,}; add data or lower --ctx"
+            )
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        """Sample `index` as int64 token ids, shape [seq_len]."""
+        if not -self._length <= index < self._length:
+            raise IndexError(f"sample {index} out of range for {self._length} samples")
+        start = (index % self._length) * self.seq_len
+        return torch.from_numpy(np.asarray(self.tokens[start : start + self.seq_len], np.int64))
+
+
+def batch_iterator(
+    samples: PackedSequences,
+    *,
+    batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[torch.Tensor]:
+    """This rank's part of each global batch, forever, in a seeded epoch-wise shuffled order.
+
+    The epochs' permutations, laid end to end, form one endless order of sample indices;
+    global batch s is positions [s * G, (s + 1) * G) of it, with G = batch_size * world_size,
+    so batches run across epoch boundaries and no sample is dropped. Rank r gets rows
+    [r * batch_size, (r + 1) * batch_size) of each global batch. Starting at `start_step`
+    computes one permutation, not the skipped batches, and yields exactly what a fresh
+    iterator yields from its `start_step`-th batch on.
+
+    Yields:
+        int64 token ids [batch_size, seq_len].
+
+    Raises:
+        LhConvertError: at the call, for a batch_size or world_size below 1, a negative
+            start_step, or a rank outside 0..world_size-1.
+    """
+    for name, value, low in (
+        ("batch_size", batch_size, 1),
+        ("world_size", world_size, 1),
+        ("start_step", start_step, 0),
+    ):
+        if value < low:
+            raise LhConvertError(f"{name}={value} is invalid; it must be at least {low}")
+    if not 0 <= rank < world_size:
+        raise LhConvertError(
+            f"rank={rank} is invalid for world_size={world_size}; use 0..{world_size - 1}"
+        )
+    return _batches(
+        samples,
+        batch_size=batch_size,
+        seed=seed,
+        start_step=start_step,
+        rank=rank,
+        world_size=world_size,
+    )
+
+
+def _batches(
+    samples: PackedSequences,
+    *,
+    batch_size: int,
+    seed: int,
+    start_step: int,
+    rank: int,
+    world_size: int,
+) -> Iterator[torch.Tensor]:
+    count = len(samples)
+    order_epoch, order = -1, np.empty(0, np.int64)
+    for step in itertools.count(start_step):
+        first = (step * world_size + rank) * batch_size
+        rows = []
+        for position in range(first, first + batch_size):
+            epoch, offset = divmod(position, count)
+            if epoch != order_epoch:
+                order_epoch, order = epoch, _epoch_order(seed, epoch, count)
+            rows.append(samples[int(order[offset])])
+        yield torch.stack(rows)
+
+
+def _epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
+    """The permutation of `count` samples for `epoch`; depends on (seed, epoch) only."""
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch])).permutation(count)
+
+
+# ---- finding the sources -----------------------------------------------------------------------
+
+
+def _resolve_sources(spec: DataSpec) -> tuple[list[_Source], str]:
+    """The sources `spec` names, sorted by name, and a few words saying what they are."""
+    if not spec.paths:
+        root = Path(sysconfig.get_paths()["stdlib"])
+        files = builtin_corpus_files()
+        sources = [_file_source(path, path.relative_to(root).as_posix()) for path in files]
+        return sources, (
+            f"built-in corpus: {len(files):,} Python standard-library files (offline default)"
+        )
+    unique = {
+        source.identity: source for spec_path in spec.paths for source in _sources_for(spec_path)
+    }
+    ordered = sorted(unique.values(), key=lambda source: (source.name, source.identity))
+    files = sum(source.kind != "dataset" for source in ordered)
+    parts = [f"{files:,} file{'s' * (files != 1)}"] if files else []
+    parts += [source.name for source in ordered if source.kind == "dataset"]
+    return ordered, f"data: {' + '.join(parts)} from {', '.join(spec.paths)}"
+
+
+def _sources_for(spec_path: str) -> list[_Source]:
+    path = Path(spec_path).expanduser().resolve()
+    supported = ", ".join(SUPPORTED_SUFFIXES)
+    if path.is_file():
+        if path.suffix.lower() not in _KINDS:
+            raise LhConvertError(
+                f"data file {spec_path} has an unsupported type {path.suffix or '(no suffix)'}; "
+                f"pass {supported} files, folders of them, or a saved datasets folder"
+            )
+        return [_file_source(path, path.name)]
+    if path.is_dir():
+        sources = []
+        for folder, subfolders, names in os.walk(path, followlinks=True):
+            here = Path(folder)
+            if any((here / marker).is_file() for marker in _DATASET_MARKERS):
+                subfolders.clear()  # the saved dataset's own files are not documents
+                sources.append(_saved_dataset_source(here, name=here.relative_to(path.parent)))
+                continue
+            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+            sources += [
+                _file_source(here / name, (here / name).relative_to(path).as_posix())
+                for name in sorted(names)
+                if Path(name).suffix.lower() in _KINDS and not name.startswith(".")
+            ]
+        if not sources:
+            raise LhConvertError(
+                f"data folder {spec_path} holds no {supported} files and no saved datasets; "
+                "point --data at the files to train on"
+            )
+        return sources
+    if _HUB_ID.fullmatch(spec_path) and not spec_path.startswith((".", "~")):
+        return [_hub_dataset_source(spec_path)]
+    raise LhConvertError(
+        f"data path {spec_path} does not exist; pass existing {supported} files or folders, "
+        "a saved datasets folder, or a hub dataset id org/name"
+    )
+
+
+def _file_source(path: Path, name: str) -> _Source:
+    resolved = path.resolve()
+    status = resolved.stat()
+    return _Source(
+        name=name,
+        kind=_KINDS.get(resolved.suffix.lower(), "text"),
+        path=resolved,
+        identity=f"{resolved}|{status.st_size}|{status.st_mtime_ns}",
+    )
+
+
+def _datasets() -> Any:
+    try:
+        import datasets
+    except ImportError as error:
+        raise LhConvertError(
+            "reading saved or hub datasets needs the `datasets` package; pip install datasets"
+        ) from error
+    return datasets
+
+
+def _dataset_source(dataset: Any, *, name: str) -> _Source:
+    if isinstance(dataset, _datasets().DatasetDict):
+        if "train" not in dataset:
+            raise LhConvertError(
+                f"dataset {name} has no 'train' split (it has {', '.join(dataset)}); save the "
+                "split to train on with Dataset.save_to_disk and pass that folder"
+            )
+        dataset = dataset["train"]
+    return _Source(
+        name=name, kind="dataset", identity=f"dataset:{dataset._fingerprint}", dataset=dataset
+    )
+
+
+def _saved_dataset_source(folder: Path, *, name: Path) -> _Source:
+    try:
+        dataset = _datasets().load_from_disk(str(folder))
+    except (OSError, ValueError) as error:
+        raise LhConvertError(
+            f"cannot load the saved dataset in {folder} ({type(error).__name__}: {error}); "
+            "save it again with Dataset.save_to_disk"
+        ) from error
+    return _dataset_source(dataset, name=name.as_posix())
+
+
+def _hub_dataset_source(hub_id: str) -> _Source:
+    """The "train" split of a hub dataset, or an error within HUB_TIMEOUT_S when there is no
+    hub. In offline mode (HF_HUB_OFFLINE) only a copy cached earlier is used."""
+    import huggingface_hub
+
+    datasets, timeout_s = _datasets(), HUB_TIMEOUT_S
+    offline = huggingface_hub.constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE
+    if not offline:  # datasets itself retries for about 25 s before giving up
+        try:
+            _call_with_deadline(
+                lambda: huggingface_hub.HfApi().dataset_info(hub_id, timeout=timeout_s),
+                timeout_s=timeout_s,
+            )
+        except Exception as error:  # every failure means the same to the user: no hub
+            raise _hub_error(hub_id, _short_reason(error)) from error
+    try:
+        dataset = datasets.load_dataset(hub_id, split="train", streaming=False)
+    except Exception as error:  # offline without a cached copy, or a failed download
+        reason = "HF_HUB_OFFLINE is set and no copy is cached" if offline else _short_reason(error)
+        raise _hub_error(hub_id, reason) from error
+    return _dataset_source(dataset, name=hub_id)
+
+
+def _hub_error(hub_id: str, reason: str) -> LhConvertError:
+    return LhConvertError(
+        f"cannot load hub dataset {hub_id!r} ({reason}) and no local path {hub_id} exists; "
+        f"save it where the hub is reachable with datasets.load_dataset({hub_id!r})"
+        ".save_to_disk(DIR) and pass --data DIR, or pass local .txt/.jsonl/.parquet files"
+    )
+
+
+def _call_with_deadline(function: Callable[[], Any], *, timeout_s: float) -> Any:
+    """Run `function()` in a daemon thread (a DNS lookup cannot be cancelled); raise
+    TimeoutError if it has not returned within `timeout_s`."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = function()
+        except BaseException as error:  # handed to the caller's thread below
+            outcome["error"] = error
+
+    worker = threading.Thread(target=target, name="lh-convert-hub-dataset", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise TimeoutError(f"no answer within {timeout_s:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _short_reason(error: BaseException) -> str:
+    """The cause of a failed hub call in a few words, for a one-line message."""
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    if isinstance(error, RepositoryNotFoundError):
+        return "dataset not found, or private and you are not logged in"
+    if isinstance(error, HfHubHTTPError) and error.response is not None:
+        return f"HTTP {error.response.status_code}"
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first_line}"[:160]
+
+
+# ---- documents ---------------------------------------------------------------------------------
+
+
+def _documents(sources: Iterable[_Source], text_field: str) -> Iterator[tuple[_Source, str]]:
+    """The non-blank documents of `sources`, in order, each with its source."""
+    for source in sources:
+        if source.kind == "text":
+            texts: Iterable[str | None] = [_read_text(source.path)]
+        elif source.kind == "jsonl":
+            texts = _jsonl_documents(source.path, text_field)
+        elif source.kind == "parquet":
+            texts = _parquet_documents(source.path, text_field)
+        else:
+            if text_field not in source.dataset.column_names:
+                raise _missing_column(source.name, text_field, source.dataset.column_names)
+            texts = (
+                text
+                for batch in source.dataset.select_columns([text_field]).iter(1000)
+                for text in batch[text_field]
+            )
+        for text in texts:
+            if text is not None and not isinstance(text, str):
+                raise LhConvertError(
+                    f"{source.name} field {text_field!r} holds {type(text).__name__} values, "
+                    "not strings; pass the field holding the text as the text field"
+                )
+            if text and text.strip():  # None: a missing value in a table
+                yield source, text
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise LhConvertError(
+            f"data file {path} is not UTF-8 text (byte {error.start}); convert it to UTF-8"
+        ) from error
+
+
+def _missing_column(where: str, text_field: str, columns: Iterable[str]) -> LhConvertError:
+    return LhConvertError(
+        f"{where} has no column {text_field!r} (columns: {', '.join(columns)}); "
+        "pass the column holding the text as the text field"
+    )
+
+
+def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise LhConvertError(
+                    f"{path}:{number} is not valid JSON ({error.msg}); write one object per line"
+                ) from error
+            if not isinstance(record, dict) or text_field not in record:
+                keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+                raise LhConvertError(
+                    f"{path}:{number} has no {text_field!r} field (found: {keys}); "
+                    "pass the field holding the text as the text field"
+                )
+            if not isinstance(record[text_field], str):
+                raise LhConvertError(
+                    f"{path}:{number} field {text_field!r} is a "
+                    f"{type(record[text_field]).__name__}, not a string; store text as strings"
+                )
+            yield record[text_field]
+
+
+def _parquet_documents(path: Path, text_field: str) -> Iterator[str | None]:
+    import pyarrow.parquet as parquet
+
+    table = parquet.ParquetFile(path)
+    if text_field not in table.schema_arrow.names:
+        raise _missing_column(str(path), text_field, table.schema_arrow.names)
+    for batch in table.iter_batches(batch_size=1000, columns=[text_field]):
+        yield from batch.column(0).to_pylist()
+
+
+# ---- splitting ---------------------------------------------------------------------------------
+
+
+def _held_out_sources(sources: list[_Source], fraction: float) -> set[str]:
+    """The identities of round(fraction * n) sources (at least one, never all), chosen by a
+    hash of their names: deterministic, and independent of where the data lies on disk."""
+    count = min(max(1, round(fraction * len(sources))), len(sources) - 1)
+    ranked = sorted(sources, key=lambda s: (hashlib.sha256(s.name.encode()).hexdigest(), s.name))
+    return {source.identity for source in ranked[:count]}
+
+
+def _labelled_by_document(
+    documents: Iterator[str], fraction: float, *, tail_split: list[bool]
+) -> Iterator[tuple[int, str]]:
+    """(0 train / 1 validation, text) for one source's documents: document 0, then one in
+    every 1/fraction, is held out. A lone document is cut at a line near its tail instead
+    (and `tail_split` gets an entry saying so)."""
+    first, second = next(documents, None), next(documents, None)
+    if first is not None and second is None:
+        cut = min(max(1, int(len(first) * (1 - fraction))), len(first) - 1)
+        newline = first.rfind("\n", 0, cut)
+        cut = newline + 1 if newline > 0 else cut
+        tail_split.append(True)
+        yield from (
+            (label, part) for label, part in ((0, first[:cut]), (1, first[cut:])) if part.strip()
+        )
+        return
+    heads = [first, second] if first is not None else []
+    for index, text in enumerate(itertools.chain(heads, documents)):
+        yield int(math.ceil((index + 1) * fraction) > math.ceil(index * fraction)), text
+
+
+# ---- tokenizing and the cache ------------------------------------------------------------------
+
+
+def _tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of everything in the tokenizer that changes the ids: its full serialized form
+    when it has one (vocabulary, merges, normalizer, post-processor), else its vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = (
+        backend.to_str()
+        if backend is not None
+        else json.dumps(sorted(tokenizer.get_vocab().items()))
+    )
+    extra = [type(tokenizer).__name__, len(tokenizer), tokenizer.eos_token_id]
+    return hashlib.sha256((text + json.dumps(extra)).encode()).hexdigest()
+
+
+def _cache_key(sources: list[_Source], *, spec: DataSpec, tokenizer: Any) -> str:
+    recipe = {
+        "format": _CACHE_FORMAT,
+        "sources": sorted(source.identity for source in sources),
+        "text_field": spec.text_field,
+        "validation_fraction": spec.validation_fraction,
+        "tokenizer": _tokenizer_fingerprint(tokenizer),
+    }
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _load_cached(folder: Path) -> TokenizedCorpus | None:
+    """The corpus in `folder` if it is complete (meta.json written last, sizes as recorded)."""
+    files = [folder / "train.bin", folder / "validation.bin"]
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        dtype = np.dtype(meta["dtype"])
+        sizes = [tokens * dtype.itemsize for tokens in meta["num_tokens"]]
+        if meta["format"] != _CACHE_FORMAT or [file.stat().st_size for file in files] != sizes:
+            return None
+        train, validation = (np.memmap(file, dtype=dtype, mode="r") for file in files)
+        return TokenizedCorpus(
+            train=train,
+            validation=validation,
+            cache_path=folder,
+            num_documents=tuple(meta["num_documents"]),
+            description=meta["description"],
+        )
+    except (OSError, ValueError, KeyError, TypeError):  # absent, half-written or from elsewhere
+        return None
+
+
+class _StreamWriter:
+    """Appends token ids to a hidden temporary file; `commit` renames it into place."""
+
+    def __init__(self, final: Path, dtype: np.dtype) -> None:
+        self.final, self.dtype = final, dtype
+        self.temporary = final.with_name(f".{final.name}.tmp-{secrets.token_hex(4)}")
+        self.handle = open(self.temporary, "xb")
+        self.documents = self.tokens = 0
+
+    def write(self, ids: list[int]) -> None:
+        self.handle.write(np.asarray(ids, dtype=self.dtype).tobytes())
+        self.documents += 1
+        self.tokens += len(ids)
+
+    def commit(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        os.replace(self.temporary, self.final)
+
+    def abort(self) -> None:
+        """Remove the temporary file if it was not committed; harmless after `commit`."""
+        self.handle.close()
+        self.temporary.unlink(missing_ok=True)
+
+
+def _tokenize_into(
+    writers: list[_StreamWriter],
+    labelled: Iterator[tuple[int, str]],
+    *,
+    tokenizer: Any,
+    bar: tqdm,
+) -> None:
+    """Encode documents in batches (a fast tokenizer spreads a batch over threads) and append
+    each, followed by EOS, to the writer its label names."""
+    eos = tokenizer.eos_token_id
+    batch: list[tuple[int, str]] = []
+
+    def flush() -> None:
+        encoded = tokenizer(
+            [text for _, text in batch],
+            add_special_tokens=True,
+            split_special_tokens=True,
+            verbose=False,
+            return_attention_mask=False,
+        )["input_ids"]
+        for (label, _), ids in zip(batch, encoded, strict=True):
+            writers[label].write(ids if ids and ids[-1] == eos else [*ids, eos])
+        bar.update(len(batch))
+        batch.clear()
+
+    characters = 0
+    for label, text in labelled:
+        batch.append((label, text))
+        characters += len(text)
+        if len(batch) >= _BATCH_DOCUMENTS or characters >= _BATCH_CHARACTERS:
+            flush()
+            characters = 0
+    if batch:
+        flush()
