@@ -207,16 +207,18 @@ def tokenize_corpus(
 
 class PackedSequences:
     """Fixed-length training samples cut from a token stream: sample i is
-    `tokens[i * seq_len : (i + 1) * seq_len]`; the remainder shorter than `seq_len` is dropped."""
+    `tokens[i * seq_len : (i + 1) * seq_len]`; the remainder shorter than `seq_len` is dropped.
+    `name` ("training", "validation") says which stream it is in the error for too little data.
+    """
 
-    def __init__(self, tokens: np.ndarray, *, seq_len: int) -> None:
+    def __init__(self, tokens: np.ndarray, *, seq_len: int, name: str = "training") -> None:
         if seq_len < 1:
             raise LhConvertError(f"seq_len={seq_len} is invalid; pass a positive sequence length")
         self.tokens, self.seq_len = tokens, seq_len
         self._length = len(tokens) // seq_len
         if self._length == 0:
             raise LhConvertError(
-                f"the training data holds {len(tokens):,} tokens, fewer than one sequence of "
+                f"the {name} data holds {len(tokens):,} tokens, fewer than one sequence of "
                 f"{seq_len:,}; add data or lower --ctx"
             )
 

@@ -429,6 +429,8 @@ def test_data_shorter_than_one_sequence() -> None:
         r"add data or lower --ctx$",
     ):
         PackedSequences(np.zeros(1000, np.uint16), seq_len=4096)
+    with pytest.raises(LhConvertError, match=r"^the validation data holds 10 tokens, fewer than"):
+        PackedSequences(np.zeros(10, np.uint16), seq_len=16, name="validation")
 
 
 def test_tokenizer_without_eos(tokenize, tiny_tokenizer, tmp_path: Path) -> None:
