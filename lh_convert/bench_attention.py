@@ -35,6 +35,7 @@ class BenchRow:
     floor_fwdbwd_ms: float
     lighthouse_peak_gib: float
     max_abs_err: float
+    dq_deterministic: bool | None
 
     @property
     def speedup(self) -> float:
@@ -60,10 +61,12 @@ def _fwd_bwd(attend: Callable[..., torch.Tensor], q, k, v, grad) -> Callable[[],
 
 
 def check_against_reference(*, n: int, config: LighthouseConfig, heads: int, dim: int,
-                            device: str, seed: int = 0) -> float:
-    """Max-abs error of the fast path (bf16) vs the reference in float32, outputs and gradients.
+                            device: str, seed: int = 0) -> tuple[float, bool]:
+    """Max-abs error of the fast path (bf16) vs the reference in float32, outputs and gradients,
+    and whether dQ was bit-identical over two runs.
 
-    Raises LhConvertError when the error exceeds twice that of the reference run in bf16.
+    Raises LhConvertError when the error exceeds twice that of the reference run in bf16, or
+    when the output, dK or dV differ between two runs.
     """
     gen = torch.Generator(device=device).manual_seed(seed)
     q, k, v, grad = (torch.randn(1, heads, n, dim, device=device, generator=gen) for _ in range(4))
@@ -83,15 +86,19 @@ def check_against_reference(*, n: int, config: LighthouseConfig, heads: int, dim
         raise LhConvertError(f"correctness check failed at N={n}: errors {errors} exceed 2x the "
                              f"bf16 reference's {bounds}; no timing is reported")
     again = run(lighthouse_attention, torch.bfloat16)
-    if not all(torch.equal(a, b) for a, b in zip(fast, again)):
-        raise LhConvertError(f"determinism check failed at N={n}: two runs differ")
-    return max(errors)
+    same = [torch.equal(a, b) for a, b in zip(fast, again)]
+    # Stock SDPA's flash backward accumulates dQ with atomics (dense SDPA too), so dQ alone
+    # may differ run to run; everything Lighthouse itself computes must be bit-identical.
+    if not (same[0] and same[2] and same[3]):
+        raise LhConvertError(f"determinism check failed at N={n}: output/dK/dV equal = "
+                             f"{same[0]}/{same[2]}/{same[3]}")
+    return max(errors), same[1]
 
 
 def bench_length(*, n: int, config: LighthouseConfig, heads: int = 8, dim: int = 128,
                  device: str = "cuda", check: bool = True) -> BenchRow:
-    err = check_against_reference(n=min(n, 32768), config=config, heads=heads, dim=dim,
-                                  device=device) if check else float("nan")
+    err, dq_deterministic = check_against_reference(
+        n=min(n, 32768), config=config, heads=heads, dim=dim, device=device) if check else (float("nan"), None)
     q, k, v, grad = (torch.randn(1, heads, n, dim, device=device, dtype=torch.bfloat16)
                      for _ in range(4))
     for tensor in (q, k, v):
@@ -114,7 +121,7 @@ def bench_length(*, n: int, config: LighthouseConfig, heads: int = 8, dim: int =
     return BenchRow(n=n, topk=config.topk, selected=selected, dense_fwd_ms=dense_fwd,
                     dense_fwdbwd_ms=dense_fb, lighthouse_fwd_ms=light_fwd,
                     lighthouse_fwdbwd_ms=light_fb, floor_fwdbwd_ms=floor_fb,
-                    lighthouse_peak_gib=peak, max_abs_err=err)
+                    lighthouse_peak_gib=peak, max_abs_err=err, dq_deterministic=dq_deterministic)
 
 
 def stage_breakdown(*, n: int, config: LighthouseConfig, heads: int = 8, dim: int = 128,
