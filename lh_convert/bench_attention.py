@@ -97,8 +97,11 @@ def check_against_reference(*, n: int, config: LighthouseConfig, heads: int, dim
 
 def bench_length(*, n: int, config: LighthouseConfig, heads: int = 8, dim: int = 128,
                  device: str = "cuda", check: bool = True) -> BenchRow:
+    # Check at the shortest length these parameters allow (>= 32K), to bound the float32
+    # reference's memory; Lighthouse must really run there, not fall back.
+    check_n = max(min(n, 32768), config.min_length())
     err, dq_deterministic = check_against_reference(
-        n=min(n, 32768), config=config, heads=heads, dim=dim, device=device) if check else (float("nan"), None)
+        n=check_n, config=config, heads=heads, dim=dim, device=device) if check else (float("nan"), None)
     q, k, v, grad = (torch.randn(1, heads, n, dim, device=device, dtype=torch.bfloat16)
                      for _ in range(4))
     for tensor in (q, k, v):
@@ -189,8 +192,7 @@ def run_benchmark(*, lengths: list[int], topks: list[int | str], out_dir: Path,
     echo(f"{'N':>8} {'k':>6} {'S':>7} {'dense f':>9} {'dense fb':>9} {'LH f':>8} {'LH fb':>8} "
          f"{'floor fb':>9} {'speedup':>8} {'floor x':>8} {'peak GiB':>9} {'err':>8}")
     for n in lengths:
-        for topk in topks:
-            k = n // 64 if topk == "n/64" else int(topk)
+        for k in dict.fromkeys(n // 64 if topk == "n/64" else int(topk) for topk in topks):
             config = LighthouseConfig(levels=levels, pooling=pooling, topk=k)
             problem = config.length_problem(n)
             if problem is not None:
