@@ -102,6 +102,107 @@ def export(run: Path, out: Path, verify: bool) -> None:
                    f"max |logits - run's dense logits| = {result.max_abs_diff:.3g}")
 
 
+def _recipe_from_flags(recipe: str | None, model: str | None, ctx: str | None, steps: int | None,
+                       lr: float | None, grad_accum: int | None, micro_batch_size: int | None):
+    from .recipes import Recipe, load_recipe
+
+    if recipe is not None:
+        chosen = load_recipe(recipe)
+    elif model is None or ctx is None:
+        raise LhConvertError("pass --model and --ctx, or a --recipe that names them "
+                             "(see recipes/)")
+    else:
+        chosen = Recipe(name="custom", description="command-line settings", model=model, ctx=ctx)
+    chosen = chosen.with_train(stage1_steps=steps, lr=lr, grad_accum=grad_accum,
+                               micro_batch_size=micro_batch_size)
+    import dataclasses
+
+    return dataclasses.replace(chosen, model=model or chosen.model, ctx=ctx or chosen.ctx)
+
+
+def _training_options(function):
+    for option in reversed([
+        click.option("--recipe", default=None, help="Recipe name (recipes/NAME.toml) or .toml file."),
+        click.option("--model", "model", default=None, help="Model to convert (overrides the recipe)."),
+        click.option("--ctx", default=None, help="Target context (overrides the recipe)."),
+        click.option("--data", multiple=True,
+                     help="Training data: .txt/.jsonl/.parquet files or folders, a `datasets` "
+                          "folder, or a hub dataset id. Default: the Python standard library."),
+        click.option("--steps", type=int, default=None, help="Stage-1 steps (overrides the recipe)."),
+        click.option("--lr", type=float, default=None, help="Peak learning rate."),
+        click.option("--grad-accum", type=int, default=None, help="Gradient accumulation steps."),
+        click.option("--micro-batch-size", type=int, default=None, help="Sequences per micro-batch."),
+        click.option("--dry-run", is_flag=True, help="Print the plan and exit without training."),
+    ]):
+        function = option(function)
+    return function
+
+
+@main.command(epilog="Example: lh-convert extend --recipe smollm2-135m-64k --out runs/smollm2-64k\n"
+                     "Several GPUs: torchrun --nproc-per-node 8 -m lh_convert.cli extend ...")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Run folder (created, or resumed when it exists).")
+@_training_options
+def extend(out: Path, recipe: str | None, model: str | None, ctx: str | None, data: tuple[str, ...],
+           steps: int | None, lr: float | None, grad_accum: int | None,
+           micro_batch_size: int | None, dry_run: bool) -> None:
+    """Convert (if needed) and train stage 1 with Lighthouse; re-run to resume."""
+    from .data import DataSpec
+    from .stages import extend as run_extend
+
+    chosen = _recipe_from_flags(recipe, model, ctx, steps, lr, grad_accum, micro_batch_size)
+    if dry_run:
+        _print_plan(chosen)
+        return
+    if not data:
+        click.echo("data: none given, training on the built-in corpus (this Python's standard "
+                   "library source, held-out split by file)")
+    result = run_extend(recipe=chosen, out=out, data=DataSpec(paths=data), echo=click.echo)
+    click.echo(f"stage 1: {result.steps_run} steps in {result.seconds:.0f}s, now at step "
+               f"{result.final_step}; loss curves in {out / 'loss.png'}")
+
+
+@main.command(epilog="Example: lh-convert recover --run runs/smollm2-64k")
+@click.option("--run", "run", required=True, type=click.Path(path_type=Path), help="Run folder.")
+@click.option("--steps", type=int, default=None,
+              help="Recovery steps (default: the recipe's recovery_fraction of stage 1, 0.4).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and exit without training.")
+def recover(run: Path, steps: int | None, dry_run: bool) -> None:
+    """Dense recovery stage: same weights and optimizer state, dense SDPA in every layer."""
+    from .stages import RECIPE_RECORD, _record
+    from .stages import recover as run_recover
+
+    if dry_run:
+        recorded = _record(run)
+        if recorded is None:
+            raise LhConvertError(f"{run} has no {RECIPE_RECORD}; run `lh-convert extend` first")
+        _print_plan(recorded[0])
+        return
+    result = run_recover(run=run, steps=steps, echo=click.echo)
+    click.echo(f"recovery: {result.steps_run} steps in {result.seconds:.0f}s, now at step "
+               f"{result.final_step}; export with `lh-convert export --run {run} --out DIR`")
+
+
+@main.command(epilog="Example: lh-convert plan --recipe smollm2-135m-64k")
+@_training_options
+def plan(recipe: str | None, model: str | None, ctx: str | None, data: tuple[str, ...],
+         steps: int | None, lr: float | None, grad_accum: int | None,
+         micro_batch_size: int | None, dry_run: bool) -> None:
+    """Print what training would do: parameters, RoPE, S vs N, memory and time estimates."""
+    _print_plan(_recipe_from_flags(recipe, model, ctx, steps, lr, grad_accum, micro_batch_size))
+
+
+def _print_plan(recipe) -> None:
+    import os
+
+    from .plan import make_plan, print_plan
+
+    plan_ = make_plan(recipe=recipe, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    print_plan(plan_, recipe=recipe, echo=click.echo)
+    if plan_.problems:
+        sys.exit(2)
+
+
 @main.command(epilog="Example: lh-convert aliases")
 def aliases() -> None:
     """List the model aliases --model accepts."""

@@ -1,0 +1,117 @@
+"""``lh-convert plan``: what a training run would do, without training.
+
+Reads only configs (the model is instantiated on the meta device), so it is instant even for
+large models. Memory and time are estimates from first principles, labelled as such.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .attention import LighthouseSettings
+from .errors import LhConvertError
+from .recipes import Recipe
+from .rope import plan_rope_change
+from .sources import load_config, resolve_source
+from .surgery import check_lighthouse_settings, parse_context
+
+# Sustained bf16 throughput assumed for the time estimate (about 40% of peak).
+ASSUMED_TFLOPS = {"NVIDIA H200": 300.0, "NVIDIA H100": 280.0, "NVIDIA B200": 500.0}
+CPU_TFLOPS = 0.05
+
+
+@dataclass(frozen=True)
+class Plan:
+    parameters: int
+    rope: str
+    ctx: int
+    selected: int
+    lighthouse_layers: list[int]
+    tokens_per_step: int
+    memory_gib: float
+    step_seconds_dense: float
+    step_seconds_lighthouse: float
+    device: str
+    problems: list[str]
+
+
+def _device() -> tuple[str, float]:
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        return name, next((v for k, v in ASSUMED_TFLOPS.items() if k in name), 200.0)
+    return "CPU", CPU_TFLOPS
+
+
+def make_plan(*, recipe: Recipe, world_size: int = 1) -> Plan:
+    """Plan ``recipe`` for the device present; constraint failures are listed, not raised."""
+    source = resolve_source(recipe.model)
+    config = load_config(source)
+    ctx = parse_context(recipe.ctx)
+    problems: list[str] = []
+    try:
+        rope = plan_rope_change(config, target_context=ctx, method=recipe.rope).describe()
+    except LhConvertError as error:
+        rope, problems = "unchanged", [str(error)]
+    settings: LighthouseSettings = recipe.lighthouse
+    try:
+        check_lighthouse_settings(settings, ctx=ctx, num_layers=config.num_hidden_layers)
+        selected = settings.kernel.selected_length(ctx)
+    except LhConvertError as error:
+        problems.append(str(error))
+        selected = ctx
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(config)
+    parameters = sum(p.numel() for p in meta.parameters())
+    layers = config.num_hidden_layers
+    try:
+        dense = settings.dense_layer_set(layers)
+    except LhConvertError:
+        dense = frozenset()
+    light = [i for i in range(layers) if i not in dense]
+    hidden = config.hidden_size
+    train = recipe.train
+    tokens = train.micro_batch_size * train.grad_accum * ctx * world_size
+    micro_tokens = train.micro_batch_size * ctx
+    # fp32 weights + grads + two Adam moments, sharded over the ranks; bf16 activations.
+    states = parameters * 16 / world_size
+    per_layer_activation = micro_tokens * hidden * 2 * (1 if train.activation_checkpointing else 34)
+    activations = per_layer_activation * layers + micro_tokens * hidden * 2 * 34
+    logits = min(train.loss_chunk, ctx) * config.vocab_size * 4 * 3 * train.micro_batch_size
+    memory = (states + activations + logits) / 2**30
+    device, tflops = _device()
+    embedding = config.vocab_size * hidden
+    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    attn_width = config.num_attention_heads * head_dim
+    matmul = 6 * (parameters - embedding) * tokens * (1.33 if train.activation_checkpointing else 1)
+    # causal attention, forward + backward (+ recompute): about 3.5 x 2 x N^2 x width per layer.
+    def attention(n: int) -> float:
+        return 3.5 * 2 * n * n * attn_width * train.micro_batch_size * train.grad_accum * world_size
+    dense_flops = matmul + layers * attention(ctx)
+    light_flops = matmul + len(dense) * attention(ctx) + len(light) * attention(selected)
+    seconds = lambda flops: flops / (tflops * 1e12) / world_size  # noqa: E731
+    return Plan(parameters=parameters, rope=rope, ctx=ctx, selected=selected,
+                lighthouse_layers=light, tokens_per_step=tokens, memory_gib=memory,
+                step_seconds_dense=seconds(dense_flops), step_seconds_lighthouse=seconds(light_flops),
+                device=device, problems=problems)
+
+
+def print_plan(plan: Plan, *, recipe: Recipe, echo: Callable[[str], None]) -> None:
+    train = recipe.train
+    echo(f"recipe        {recipe.name}: {recipe.model} -> {plan.ctx} tokens")
+    echo(f"parameters    {plan.parameters / 1e6:.1f}M")
+    echo(f"RoPE          {plan.rope}")
+    echo(f"Lighthouse    {len(plan.lighthouse_layers)} layers attend to S = {plan.selected} of "
+         f"N = {plan.ctx} tokens ({plan.ctx / plan.selected:.1f}x shorter); the other layers dense")
+    echo(f"steps         stage 1 {train.stage1_steps} (Lighthouse), recovery {train.recovery_steps} "
+         f"(dense), {plan.tokens_per_step:,} tokens per step")
+    echo(f"memory        ~{plan.memory_gib:.1f} GiB per device (estimate: weights, grads, AdamW, "
+         f"activations{' with checkpointing' if train.activation_checkpointing else ''}, loss chunk)")
+    echo(f"time/step     ~{plan.step_seconds_lighthouse:.2f}s Lighthouse, "
+         f"~{plan.step_seconds_dense:.2f}s dense on {plan.device} (estimate from FLOPs)")
+    for problem in plan.problems:
+        echo(f"PROBLEM       {problem}")
