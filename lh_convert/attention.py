@@ -186,8 +186,8 @@ def probe(model: torch.nn.Module, *, expect_lighthouse: bool = True) -> ProbeRep
     """Run one short forward and check which attention path every layer took.
 
     With ``expect_lighthouse``, every layer outside ``dense_layers`` must have run Lighthouse
-    exactly once and every dense layer plain SDPA. Without it, no layer may have run
-    Lighthouse. The probe uses small Lighthouse parameters so any model can run it on CPU;
+    exactly once and every dense layer plain SDPA. Without it, every layer must have run
+    plain SDPA through the dispatcher (a model loaded with all layers dense). The probe uses small Lighthouse parameters so any model can run it on CPU;
     the dispatch it checks is the same as with the real parameters.
     """
     config = model.config
@@ -214,9 +214,10 @@ def probe(model: torch.nn.Module, *, expect_lighthouse: bool = True) -> ProbeRep
                 f"(got {[paths.get(i, 'not called') for i in wrong]}); the model is not using "
                 f"attn_implementation='lighthouse' (transformers {_transformers_version()}): "
                 f"run `lh-convert doctor` and report it")
-    elif report.layers(LIGHTHOUSE):
-        raise LhConvertError(f"attention probe: layers {report.layers(LIGHTHOUSE)} ran Lighthouse "
-                             f"in a dense stage; load the model with attn_implementation='sdpa'")
+    elif report.layers(DENSE_LAYER) != list(range(num_layers)):
+        wrong = [layer for layer in range(num_layers) if paths.get(layer) != DENSE_LAYER]
+        raise LhConvertError(f"attention probe: layers {wrong} did not run dense SDPA in a dense "
+                             f"stage (got {[paths.get(i, 'not called') for i in wrong]})")
     return report
 
 

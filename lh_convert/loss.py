@@ -61,3 +61,18 @@ def causal_lm_loss(model: torch.nn.Module, input_ids: torch.Tensor, *, chunk: in
                                                              chunk=chunk, first_position=first)
         late = late_total / late_count
     return total / count, late
+
+
+class CausalLMLoss(torch.nn.Module):
+    """A causal LM whose forward returns ``causal_lm_loss``: one module that owns the
+    embeddings, the final norm and the LM head, so FSDP2 can shard it as the root (tied
+    embeddings stay in one group) and its hooks run around the chunked loss."""
+
+    def __init__(self, lm: torch.nn.Module, *, chunk: int) -> None:
+        super().__init__()
+        self.lm = lm
+        self.chunk = chunk
+
+    def forward(self, input_ids: torch.Tensor, late_fraction: float | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return causal_lm_loss(self.lm, input_ids, chunk=self.chunk, late_fraction=late_fraction)

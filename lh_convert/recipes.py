@@ -154,13 +154,11 @@ def available_recipes() -> dict[str, Path]:
 
 def load_recipe(name_or_path: str) -> Recipe:
     """A recipe by name (``recipes/<name>.toml``) or by file path."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        recipes = available_recipes()
-        if name_or_path not in recipes:
-            raise LhConvertError(f"unknown recipe {name_or_path!r}; choose one of "
-                                 f"{', '.join(recipes)} or pass a .toml file")
-        path = recipes[name_or_path]
+    recipes = available_recipes()
+    path = recipes.get(name_or_path, Path(name_or_path))
+    if name_or_path not in recipes and path.suffix != ".toml":
+        raise LhConvertError(f"unknown recipe {name_or_path!r}; choose one of "
+                             f"{', '.join(recipes)} or pass a .toml file")
     if not path.is_file():
         raise LhConvertError(f"recipe file {path} does not exist; pass a .toml file or a recipe name")
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from .attention import ATTENTION_NAME, ProbeReport, probe
+from .attention import ATTENTION_NAME, CONFIG_KEY, LighthouseSettings, ProbeReport, probe, settings_of
 from .checkpoint import verify_safetensors_dir
 from .errors import LhConvertError
 from .manifest import RunManifest, read_manifest
@@ -17,7 +17,7 @@ from .train_state import latest_checkpoint
 def load_run_model(run_dir: Path, *, lighthouse: bool, dtype: torch.dtype | None = None,
                    device: str | torch.device = "cpu", trained: bool = True
                    ) -> tuple[PreTrainedModel, RunManifest, ProbeReport]:
-    """The run's model with ``attn_implementation`` lighthouse (or sdpa), probed after loading.
+    """The run's model, Lighthouse in the configured layers or dense in all, probed after loading.
 
     With ``trained``, the weights of the newest training checkpoint replace the converted
     ones when the run has one. Returns the model, the manifest and the probe's report of which
@@ -26,9 +26,14 @@ def load_run_model(run_dir: Path, *, lighthouse: bool, dtype: torch.dtype | None
     manifest = read_manifest(run_dir)
     verify_safetensors_dir(Path(run_dir))
     config = AutoConfig.from_pretrained(run_dir)
+    if not lighthouse:
+        # Dense everywhere, still through the counting dispatcher, so the probe (and the
+        # training loop) can show every layer ran plain SDPA rather than assume it.
+        settings = settings_of(config)
+        setattr(config, CONFIG_KEY, LighthouseSettings.from_dict(
+            {**settings.to_dict(), "dense_layers": list(range(config.num_hidden_layers))}).to_dict())
     model = AutoModelForCausalLM.from_pretrained(
-        run_dir, config=config, dtype=dtype or "auto",
-        attn_implementation=ATTENTION_NAME if lighthouse else "sdpa")
+        run_dir, config=config, dtype=dtype or "auto", attn_implementation=ATTENTION_NAME)
     checkpoint = latest_checkpoint(run_dir) if trained else None
     if checkpoint is not None:
         from safetensors.torch import load_file

@@ -30,7 +30,7 @@ from torch.distributed.checkpoint.state_dict import (
 from .checkpoint import write_json_atomic
 from .data import DataSpec, PackedSequences, batch_iterator, tokenize_corpus
 from .errors import LhConvertError
-from .loss import causal_lm_loss
+from .loss import CausalLMLoss
 from .manifest import read_manifest
 from .recipes import Recipe
 from .runs import load_run_model
@@ -91,15 +91,15 @@ def model_fingerprint(run_dir: Path) -> str:
     return f"{manifest.source.get('spec')}|{manifest.model_type}|{manifest.target_context}"
 
 
-def _shard(model: torch.nn.Module, recipe: Recipe, env: Dist) -> torch.nn.Module:
+def _shard(wrapper: CausalLMLoss, recipe: Recipe) -> None:
+    """FSDP2: one group per decoder layer, the root (embeddings, norm, head) last."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if recipe.train.precision == "bf16" else MixedPrecisionPolicy()
-    for layer in model.model.layers:
+    for layer in wrapper.lm.model.layers:
         fully_shard(layer, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
-    return model
+    fully_shard(wrapper, mp_policy=policy)
 
 
 def _autocast(recipe: Recipe, env: Dist, sharded: bool):
@@ -139,8 +139,7 @@ def _evaluate(model, samples: PackedSequences, *, recipe: Recipe, env: Dist, sha
     with torch.no_grad(), _autocast(recipe, env, sharded):
         for index in range(min(recipe.train.eval_batches, len(samples))):
             ids = samples[index].unsqueeze(0).to(env.device)
-            loss, late_loss = causal_lm_loss(model, ids, chunk=recipe.train.loss_chunk,
-                                             late_fraction=LATE_FRACTION)
+            loss, late_loss = model(ids, late_fraction=LATE_FRACTION)
             losses.append(loss.item())
             late.append(late_loss.item())
     return sum(losses) / len(losses), sum(late) / len(late)
@@ -182,8 +181,9 @@ def run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     sharded = env.world > 1
+    wrapper = CausalLMLoss(model, chunk=train.loss_chunk)
     if sharded:
-        model = _shard(model, recipe, env)
+        _shard(wrapper, recipe)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, betas=(train.beta1, train.beta2),
                                   weight_decay=train.weight_decay, fused=env.device.type == "cuda")
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -196,7 +196,7 @@ def run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env:
             echo(f"resumed from {checkpoint.name} (stage {loaded.state.stage}, step {start})")
     if env.main:
         _truncate_metrics(run_dir, after_step=start)
-    step_model = torch.compile(model) if train.compile else model
+    step_model = torch.compile(wrapper) if train.compile else wrapper
 
     corpus = tokenize_corpus(spec=data, tokenizer=_tokenizer(run_dir), cache_dir=cache_dir() / "tokens",
                              progress=progress and env.main)
@@ -204,7 +204,7 @@ def run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env:
     samples = PackedSequences(corpus.train, seq_len=seq_len)
     validation = PackedSequences(corpus.validation, seq_len=seq_len)
     if env.main:
-        echo(f"data: {corpus.description}; {len(samples)} training sequences of {seq_len} tokens")
+        echo(f"{corpus.description}; {len(samples)} training sequences of {seq_len} tokens")
     batch_size = train.micro_batch_size
     data_step = loaded.state.data_step if loaded is not None else 0
     batches: Iterator[torch.Tensor] = batch_iterator(samples, batch_size=batch_size, seed=train.seed,
@@ -244,7 +244,7 @@ def run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env:
                 ids = next(batches).to(env.device)
                 data_step += 1
                 with _autocast(recipe, env, sharded):
-                    loss, _ = causal_lm_loss(step_model, ids, chunk=train.loss_chunk)
+                    loss, _ = step_model(ids)
                 (loss / train.grad_accum).backward()
                 step_loss += loss.detach() / train.grad_accum
             if sharded:
