@@ -256,5 +256,18 @@ def bench_attention(lengths: str, topk: str, out: Path) -> None:
                   out_dir=out, echo=click.echo)
 
 
+@bench.command("train", epilog="Example: lh-convert bench train --lengths 32k,64k,128k")
+@click.option("--lengths", default="32k,64k,128k", help="Sequence lengths N.")
+@click.option("--out", default="bench-results", type=click.Path(path_type=Path),
+              help="Folder for bench_train.json.")
+def bench_train(lengths: str, out: Path) -> None:
+    """Training-step tokens/s and peak memory, Lighthouse stage vs dense, 367M paper-shaped Llama."""
+    from .bench_train import run_train_benchmark
+    from .surgery import parse_context
+
+    run_train_benchmark(lengths=[parse_context(n) for n in lengths.split(",")], out_dir=out,
+                        echo=click.echo)
+
+
 if __name__ == "__main__":
     main()
