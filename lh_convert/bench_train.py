@@ -19,6 +19,7 @@ import torch
 from .attention import ATTENTION_NAME, LighthouseSettings, probe
 from .errors import LhConvertError
 from .loss import CausalLMLoss
+from .runs import enable_activation_checkpointing
 
 PAPER_SHAPE = dict(hidden_size=1024, num_hidden_layers=30, num_attention_heads=8,
                    num_key_value_heads=8, head_dim=128, intermediate_size=1536, vocab_size=49152)
@@ -46,7 +47,7 @@ def _model(*, lighthouse: bool, n: int, shape: dict, device: str) -> torch.nn.Mo
     model = AutoModelForCausalLM.from_config(config, attn_implementation=ATTENTION_NAME,
                                              dtype=torch.float32).to(device)
     probe(model, expect_lighthouse=lighthouse)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_activation_checkpointing(model)
     return model
 
 

@@ -33,7 +33,7 @@ from .errors import LhConvertError
 from .loss import CausalLMLoss
 from .manifest import read_manifest
 from .recipes import Recipe
-from .runs import load_run_model
+from .runs import enable_activation_checkpointing, load_run_model
 from .train_state import (
     TrainState,
     latest_checkpoint,
@@ -178,7 +178,7 @@ def run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env:
         echo(f"attention probe: {report.summary()}" if stage == LIGHTHOUSE_STAGE else
              f"attention probe: all {manifest.num_layers} layers dense (recovery stage)")
     if train.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     model.config.use_cache = False
     sharded = env.world > 1
     wrapper = CausalLMLoss(model, chunk=train.loss_chunk)
