@@ -166,11 +166,15 @@ def plot(rows: list[BenchRow], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for topk in sorted({r.topk for r in rows}):
-        sub = [r for r in rows if r.topk == topk]
+    fixed = sorted({r.topk for r in rows if sum(o.topk == r.topk for o in rows) > 1})
+    series = [(f"k={topk}", [r for r in rows if r.topk == topk]) for topk in fixed]
+    series.append(("k=N/64", [r for r in rows if r.topk == r.n // 64]))
+    for label, sub in series:
+        if not sub:
+            continue
         ns = [r.n for r in sub]
-        ax.plot(ns, [r.lighthouse_fwdbwd_ms for r in sub], "o-", label=f"Lighthouse k={topk}")
-        ax.plot(ns, [r.floor_fwdbwd_ms for r in sub], "x:", label=f"SDPA on S (floor) k={topk}")
+        ax.plot(ns, [r.lighthouse_fwdbwd_ms for r in sub], "o-", label=f"Lighthouse {label}")
+        ax.plot(ns, [r.floor_fwdbwd_ms for r in sub], "x:", label=f"SDPA on S (floor) {label}")
     dense = {r.n: r.dense_fwdbwd_ms for r in rows}
     ax.plot(sorted(dense), [dense[n] for n in sorted(dense)], "s-k", label="dense SDPA")
     ax.set(xscale="log", yscale="log", xlabel="sequence length N", ylabel="fwd+bwd time (ms)",
