@@ -33,7 +33,19 @@ def dense_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.
 @torch.no_grad()
 def select_indices(query: torch.Tensor, key: torch.Tensor, *,
                    config: LighthouseConfig) -> torch.Tensor:
-    """Selected pyramid entries ``[B, G, S]`` (flat pyramid indices, gathered order)."""
+    """Selected pyramid entries ``[B, G, S]`` (flat pyramid indices, gathered order).
+
+    Triton kernels where ``use_triton(query)`` (the same indices as the reference whenever the
+    kernels' float32 norms, which may differ from PyTorch's in the last bit, leave the order
+    of the scores unchanged), otherwise the PyTorch reference.
+    """
+    from ._triton_utils import use_triton
+    from .pyramid import scores
+    from .select import select
+
+    if use_triton(query):
+        score_qk, score_kq = scores(query, key, levels=config.levels, pooling=config.pooling)
+        return select(score_qk, score_kq, config=config)
     score_qk, score_kq = scores_ref(query, key, levels=config.levels, pooling=config.pooling)
     return select_ref(score_qk, score_kq, config=config)
 
