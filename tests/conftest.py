@@ -238,7 +238,7 @@ def make_tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> MakeTinyGguf:
     return make
 
 
-def _add_gguf_tokenizer(writer: gguf.GGUFWriter, tokenizer_json: Path) -> None:
+def _add_gguf_tokenizer(writer: "gguf.GGUFWriter", tokenizer_json: Path) -> None:  # noqa: F821
     """Store a byte-level BPE tokenizer.json the way llama.cpp stores a GPT-2 style tokenizer."""
     import gguf
 

@@ -52,7 +52,7 @@ def test_golden_without_forced_window(path: Path) -> None:
 def test_golden_with_forced_window_covers_every_position(path: Path) -> None:
     meta, tensors = _load(path)
     query, key, value = (tensors[name].transpose(1, 2) for name in "qkv")
-    published_zero_rows = (tensors["out"].abs().amax(-1) == 0).sum().item()
+    assert (tensors["out"].abs().amax(-1) == 0).any(), "the published output has the gap"
     out = lighthouse_attention_ref(query, key, value,
                                    config=_config(meta, force_first_window=True))
     assert (out.abs().amax(-1) > 0).all(), "a base position got no contribution"
