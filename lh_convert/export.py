@@ -78,13 +78,13 @@ def export(*, run: Path, out: Path, verify: bool = True) -> ExportResult:
     model, manifest, _ = load_run_model(run, lighthouse=False, dtype=None)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(run)
+    input_ids = tokenizer(VERIFY_TEXT, return_tensors="pt").input_ids[:, :64]
+    with torch.no_grad():  # the run's own dense forward (every layer dense, probed)
+        expected = model.float()(input_ids=input_ids, use_cache=False).logits
     config = model.config
     for key in FORBIDDEN_CONFIG_KEYS:
         if key in config.__dict__ and key != "_attn_implementation":
             delattr(config, key)
-    input_ids = tokenizer(VERIFY_TEXT, return_tensors="pt").input_ids[:, :64]
-    with torch.no_grad():
-        expected = model.float()(input_ids=input_ids, use_cache=False).logits
     model.to(getattr(torch, manifest.dtype))
     with atomic_directory(Path(out)) as staging:
         model.save_pretrained(staging, max_shard_size=MAX_SHARD_SIZE)
