@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from .config import LighthouseConfig
-from .gather import gather_pool
+from .gather import gather_pool, gather_ref
 from .pyramid import scores_ref
-from .scatter import scatter_back
+from .scatter import scatter_back, scatter_back_ref
 from .select import select_ref
 
 logger = logging.getLogger(__name__)
@@ -82,8 +82,13 @@ def lighthouse_attention_ref(query: torch.Tensor, key: torch.Tensor, value: torc
     query: ``[B, H, N, D]``; key, value: ``[B, G, N, D]`` with ``H = g*G``.
     Returns ``[B, H, N, D]``. ``N`` must satisfy ``config.length_problem(N) is None``.
     """
-    index = select_indices(query, key, config=config)
-    return attend_selected(query, key, value, index, config=config, scale=scale)
+    with torch.no_grad():
+        score_qk, score_kq = scores_ref(query, key, levels=config.levels, pooling=config.pooling)
+        index = select_ref(score_qk, score_kq, config=config)
+    attended = dense_causal_attention(gather_ref(query, index, config=config),
+                                      gather_ref(key, index, config=config),
+                                      gather_ref(value, index, config=config), scale=scale)
+    return scatter_back_ref(attended, index, n=query.shape[2], config=config)
 
 
 def lighthouse_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
@@ -107,7 +112,8 @@ def lighthouse_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
                 query, key, value, scale=scale, enable_gqa=query.shape[1] != key.shape[1],
                 attn_mask=_suffix_causal_mask(query.shape[2], key.shape[2], query.device))
         return dense_causal_attention(query, key, value, scale=scale)
-    return lighthouse_attention_ref(query, key, value, config=config, scale=scale)
+    index = select_indices(query, key, config=config)
+    return attend_selected(query, key, value, index, config=config, scale=scale)
 
 
 def _suffix_causal_mask(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:

@@ -26,9 +26,11 @@ CONFIGS = {
     "N4096-L5-p2-k64-m32": (4096, 5, 2, 64, 32),
 }
 # (query heads, KV heads): GQA ratios 1, 3, 4 (and 5), odd head counts.
-HEADS = {"H3-G3": (3, 3), "H6-G2": (6, 2), "H8-G2": (8, 2), "H5-G1": (5, 1), "H3-G1": (3, 1)}
+HEADS = {"H3-G3": (3, 3), "H6-G2": (6, 2), "H8-G2": (8, 2), "H5-G1": (5, 1), "H3-G1": (3, 1),
+         "H16-G2": (16, 2)}
 # (config, heads, head dim): small shapes for the interpreter; the GPU adds realistic ones.
 CPU_CASES = [
+    ("N256-L4-p2-k8-m4", "H16-G2", 16),  # GQA ratio 8
     ("N512-L3-p4-k32-m16", "H6-G2", 40),
     ("N272-L3-p4-k16-m16", "H5-G1", 16),
     ("N384-L2-p2-k16-m8", "H3-G3", 64),

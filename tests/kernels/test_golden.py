@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from lighthouse_kernels import (
     LighthouseConfig,
+    lighthouse_attention,
     level_offsets,
     lighthouse_attention_ref,
     select_indices,
@@ -36,15 +37,17 @@ def test_golden_files_present() -> None:
     assert len(FILES) == 3, f"expected 3 golden files in {GOLDEN}"
 
 
+@pytest.mark.parametrize("attention", [lighthouse_attention_ref, lighthouse_attention],
+                         ids=["reference", "kernels"])
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
-def test_golden_without_forced_window(path: Path) -> None:
+def test_golden_without_forced_window(path: Path, attention) -> None:
     meta, tensors = _load(path)
     config = _config(meta, force_first_window=False)
     query, key, value = (tensors[name].transpose(1, 2) for name in "qkv")
     index = select_indices(query, key, config=config)
     assert index.shape[-1] == meta["selected_len"] == config.selected_length(meta["N"])
     assert torch.equal(index, tensors["indices"])
-    out = lighthouse_attention_ref(query, key, value, config=config).transpose(1, 2)
+    out = attention(query, key, value, config=config).transpose(1, 2)
     assert (out - tensors["out"]).abs().max().item() < 1e-5
 
 

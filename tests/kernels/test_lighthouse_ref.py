@@ -26,8 +26,8 @@ CONFIGS = {
     "N1536-L2-p8-k32-m16": (1536, 2, 8, 32, 16),
     "N2048-L5-p2-k8-m4": (2048, 5, 2, 8, 4),
 }
-# (query heads, KV heads): GQA ratios 1, 3, 4 and odd head counts.
-HEADS = {"H3-G3": (3, 3), "H6-G2": (6, 2), "H8-G2": (8, 2), "H5-G1": (5, 1)}
+# (query heads, KV heads): GQA ratios 1, 3, 4, 8 and odd head counts.
+HEADS = {"H3-G3": (3, 3), "H6-G2": (6, 2), "H8-G2": (8, 2), "H5-G1": (5, 1), "H8-G1": (8, 1)}
 
 
 def _config(name: str, force: bool = True) -> tuple[int, LighthouseConfig]:

@@ -157,8 +157,8 @@ def test_each_tile_fills_its_own_slots() -> None:
         assert torch.equal((end - 1) // tile_span, tile_of_slot.expand_as(end)), name
 
 
-# (query heads, KV heads): GQA ratios 1, 3, 4.
-HEADS = {"H3-G3": (3, 3), "H6-G2": (6, 2), "H4-G1": (4, 1)}
+# (query heads, KV heads): GQA ratios 1, 3, 4, 8.
+HEADS = {"H3-G3": (3, 3), "H6-G2": (6, 2), "H4-G1": (4, 1), "H8-G1": (8, 1)}
 FUSED = ["N512-L3-p4-k32-m16", "N384-L2-p2-k16-m8", "N2048-L5-p2-k8-m4", "N2048-L3-p8-k32-m16",
          "N800-L3-p2-k40-m8"]
 

@@ -254,3 +254,45 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(make_tiny_checkpoin
     assert kept.name == "step-0000002"
     load_checkpoint(kept)  # intact
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(make_tiny_checkpoint, corpus: Path,
+                                                           tmp_path: Path, monkeypatch) -> None:
+    from lh_convert import loss as loss_module
+
+    recipe = load_recipe(str(_recipe(tmp_path, make_tiny_checkpoint("llama"), steps=6, every=2)))
+    real_forward = loss_module.CausalLMLoss.forward
+    calls = {"n": 0}
+
+    def poisoned(self, input_ids, late_fraction=None):
+        loss, late = real_forward(self, input_ids, late_fraction)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 3 and late_fraction is None else loss), late
+
+    monkeypatch.setattr(loss_module.CausalLMLoss, "forward", poisoned)
+    with pytest.raises(LhConvertError, match=r"loss became nan at step 3.*last good checkpoint: step-0000002"):
+        extend(recipe=recipe, out=tmp_path / "run", data=DataSpec(paths=(str(corpus),)),
+               echo=print, progress=False)
+    assert latest_checkpoint(tmp_path / "run").name == "step-0000002"
+
+
+def test_ctrl_c_saves_and_exits(make_tiny_checkpoint, corpus: Path, tmp_path: Path,
+                                monkeypatch) -> None:
+    from lh_convert import loss as loss_module
+
+    recipe = load_recipe(str(_recipe(tmp_path, make_tiny_checkpoint("llama"), steps=10, every=100)))
+    real_forward = loss_module.CausalLMLoss.forward
+    calls = {"n": 0}
+
+    def interrupted(self, input_ids, late_fraction=None):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real_forward(self, input_ids, late_fraction)
+
+    monkeypatch.setattr(loss_module.CausalLMLoss, "forward", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        extend(recipe=recipe, out=tmp_path / "run", data=DataSpec(paths=(str(corpus),)),
+               echo=print, progress=False)
+    saved = load_checkpoint(latest_checkpoint(tmp_path / "run"))
+    assert saved.state.step == 3 and saved.state.data_step == 3  # the three finished steps
