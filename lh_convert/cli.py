@@ -86,20 +86,47 @@ def convert(model: str, ctx: str, out: Path, rope: str, dtype: str, levels: int,
                    "pass fewer --dense-layers", err=True)
 
 
-@main.command(epilog="Example: lh-convert export --run runs/smollm2-64k --out exported/smollm2-64k")
+@main.command(epilog="Example: lh-convert export --run runs/smollm2-64k --out exported/smollm2-64k "
+                     "--push-to-hub my-name/smollm2-135m-64k --private")
 @click.option("--run", "run", required=True, type=click.Path(path_type=Path), help="Run folder.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to create.")
 @click.option("--verify/--no-verify", default=True,
               help="Reload in a fresh process with plain transformers and compare logits.")
-def export(run: Path, out: Path, verify: bool) -> None:
-    """Export a run as a plain dense Hugging Face checkpoint (no Lighthouse, no custom code)."""
+@click.option("--push-to-hub", "push_to_hub", metavar="REPO", default=None,
+              help="Then upload the verified export to this hub repository (org/name); token "
+                   "from HF_TOKEN or `hf auth login`.")
+@click.option("--private", is_flag=True, help="Create the hub repository private.")
+@click.option("--revision", metavar="BRANCH", default=None,
+              help="Upload to this branch (created when missing)  [default: main]")
+@click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing.")
+@click.option("--dry-run", is_flag=True,
+              help="With --push-to-hub: export, list the files and the model card, upload nothing.")
+def export(run: Path, out: Path, verify: bool, push_to_hub: str | None, private: bool,
+           revision: str | None, create_pr: bool, dry_run: bool) -> None:
+    """Export a run as a plain dense Hugging Face checkpoint (no Lighthouse, no custom code),
+    with a model card (README.md), and optionally upload it to the hub."""
     from .export import export as export_run
+    from .publish import PushRequest
 
-    result = export_run(run=run, out=out, verify=verify)
-    click.echo(f"exported {run} -> {out} ({len(result.files)} files)")
+    if push_to_hub is None and (private or revision is not None or create_pr or dry_run):
+        raise LhConvertError("--private, --revision, --create-pr and --dry-run apply to an "
+                             "upload; add --push-to-hub REPO")
+    push = None if push_to_hub is None else PushRequest(
+        repo_id=push_to_hub, private=private, revision=revision, create_pr=create_pr,
+        dry_run=dry_run)
+    result = export_run(run=run, out=out, verify=verify, push=push)
+    click.echo(f"exported {run} -> {out} ({len(result.files)} files, model card README.md)")
     if verify:
         click.echo(f"  verified in a fresh process without lh_convert: {result.model_class} loads, "
                    f"max |logits - run's dense logits| = {result.max_abs_diff:.3g}")
+    if result.push is not None:
+        for line in result.push.report():
+            click.echo(line)
+        for line in result.push.warnings():
+            click.echo(line, err=True)
+        if result.push.dry_run:
+            click.echo("model card (README.md):")
+            click.echo(result.model_card)
 
 
 def _recipe_from_flags(recipe: str | None, model: str | None, ctx: str | None, steps: int | None,

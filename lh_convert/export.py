@@ -5,6 +5,10 @@ removed, the new RoPE and context stay, and nothing names custom code (no ``auto
 ``trust_remote_code``, no attention implementation). The result is verified in a fresh Python
 process in which ``lh_convert`` cannot be imported: plain transformers loads it and its logits
 on a fixed input must match the run's own dense forward.
+
+Every export holds a model card (``README.md``, see ``model_card``). With a ``PushRequest`` the
+finished, verified folder is then uploaded to the hub (``publish``); a real upload needs a
+token, which is checked before any work so a missing login costs nothing.
 """
 
 from __future__ import annotations
@@ -17,12 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import HfApi
 from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
+from . import __version__
 from .attention import CONFIG_KEY
 from .checkpoint import atomic_directory, check_output_folder
 from .errors import LhConvertError
+from .model_card import CARD_NAME, build_model_card
+from .publish import PushRequest, PushResult, plan_push, push_folder, resolve_token
 from .runs import load_run_model
 from .surgery import MAX_SHARD_SIZE
 
@@ -51,10 +59,15 @@ print(json.dumps({"max_abs_diff": (logits - expected["logits"]).abs().max().item
 
 @dataclass(frozen=True)
 class ExportResult:
+    """The exported folder, its top-level file names, the verification, the model card text,
+    and the upload (``None`` without a ``PushRequest``)."""
+
     out: Path
     files: list[str]
     max_abs_diff: float
     model_class: str
+    model_card: str
+    push: PushResult | None = None
 
 
 def verify_in_fresh_process(folder: Path, *, input_ids: torch.Tensor,
@@ -72,8 +85,23 @@ def verify_in_fresh_process(folder: Path, *, input_ids: torch.Tensor,
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def export(*, run: Path, out: Path, verify: bool = True) -> ExportResult:
-    """Write the run's weights as a plain Hugging Face checkpoint to ``out`` and verify it."""
+def export(*, run: Path, out: Path, verify: bool = True, push: PushRequest | None = None,
+           api: HfApi | None = None) -> ExportResult:
+    """Write the run's weights as a plain Hugging Face checkpoint to ``out`` and verify it.
+
+    Args:
+        run: the run folder.
+        out: the folder to create (it must not exist).
+        verify: reload ``out`` in a fresh process with plain transformers and compare logits.
+        push: upload the finished folder to the hub (or, with ``dry_run``, only list it).
+        api: the hub client for the upload (tests); default ``HfApi`` with the user's token.
+    """
+    token = None
+    if push is not None and not push.dry_run:
+        if not verify:
+            raise LhConvertError("--push-to-hub uploads only a verified export; drop --no-verify "
+                                 "(or add --dry-run to only list the files)")
+        token = resolve_token()  # before any work: a missing login must cost nothing
     check_output_folder(Path(out))
     model, manifest, _ = load_run_model(run, lighthouse=False, dtype=None)
     model.eval()
@@ -86,9 +114,12 @@ def export(*, run: Path, out: Path, verify: bool = True) -> ExportResult:
         if key in config.__dict__ and key != "_attn_implementation":
             delattr(config, key)
     model.to(getattr(torch, manifest.dtype))
+    card = build_model_card(run_dir=Path(run), manifest=manifest,
+                            repo_id=push.repo_id if push is not None else None)
     with atomic_directory(Path(out)) as staging:
         model.save_pretrained(staging, max_shard_size=MAX_SHARD_SIZE)
         tokenizer.save_pretrained(staging)
+        (staging / CARD_NAME).write_text(card, encoding="utf-8")
         saved = json.loads((staging / "config.json").read_text())
         leftover = [key for key in FORBIDDEN_CONFIG_KEYS if key in saved]
         if leftover:
@@ -101,5 +132,13 @@ def export(*, run: Path, out: Path, verify: bool = True) -> ExportResult:
                     f"the exported checkpoint's logits differ from the run's by "
                     f"{report['max_abs_diff']:.3g} (> {VERIFY_TOLERANCE}); nothing was written")
         files = sorted(p.name for p in staging.iterdir())
+    pushed = None
+    if push is not None and push.dry_run:
+        pushed = plan_push(folder=Path(out), request=push)
+    elif push is not None:
+        pushed = push_folder(folder=Path(out), request=push, token=token, api=api,
+                             commit_message=f"Upload {manifest.model_type} at "
+                                            f"{manifest.target_context} tokens, exported by "
+                                            f"lh-convert {__version__}")
     return ExportResult(out=Path(out), files=files, max_abs_diff=report["max_abs_diff"],
-                        model_class=report["model_class"])
+                        model_class=report["model_class"], model_card=card, push=pushed)
