@@ -230,6 +230,38 @@ def _print_plan(recipe) -> None:
         sys.exit(2)
 
 
+@main.command("eval", epilog="Example: lh-convert eval --model runs/smollm2-64k --lengths "
+                             "4k,8k,16k,32k --baseline smollm2-base --out eval-results")
+@click.option("--model", "model", required=True, type=click.Path(path_type=Path),
+              help="Model folder: a Hugging Face checkpoint, or a run folder (newest weights).")
+@click.option("--suite", type=click.Choice(["long-context", "short", "all"]),
+              default="long-context",
+              help="long-context: passkey, needle in a haystack, loss by position (offline); "
+                   "short: lm-eval's hellaswag, arc_easy, piqa (hub datasets).")
+@click.option("--lengths", default="4k,8k,16k,32k",
+              help="Prompt lengths in tokens; those beyond the model's context are skipped.")
+@click.option("--baseline", type=click.Path(path_type=Path), default=None,
+              help="A second model folder, evaluated the same way, shown side by side.")
+@click.option("--out", default="eval-results", type=click.Path(path_type=Path),
+              help="Results folder: results.md, PNG plots, lm-eval JSON, generated data.")
+@click.option("--limit", type=int, default=None, help="At most N rows per task (a quick look).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              show_default="cuda if available, else cpu", help="Where the models run.")
+@click.option("--samples", default=4, help="Long-context rows per (length, depth) cell.")
+@click.option("--seed", default=0, help="Seed of the generated long-context data.")
+@click.option("--data", multiple=True,
+              help="Data whose held-out documents make the haystacks and the loss-by-position "
+                   "text (as extend's --data). Default: the built-in corpus.")
+def eval_(model: Path, suite: str, lengths: str, baseline: Path | None, out: Path,
+          limit: int | None, device: str | None, samples: int, seed: int,
+          data: tuple[str, ...]) -> None:
+    """Evaluate a model (dense) through lm-eval: offline long-context suite, standard tasks."""
+    from .evaluate import parse_lengths, run_eval
+
+    run_eval(model=model, out=out, suite=suite, lengths=parse_lengths(lengths), baseline=baseline,
+             limit=limit, device=device, seed=seed, samples=samples, data=data, echo=click.echo)
+
+
 @main.command(epilog="Example: lh-convert aliases")
 def aliases() -> None:
     """List the model aliases --model accepts."""
