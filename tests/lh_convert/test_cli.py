@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from lh_convert.cli import main
 
 TINY_FLAGS = ["--levels", "2", "--pooling", "2", "--topk", "16", "--tile", "8"]
-COMMANDS = ["convert", "export", "aliases", "doctor", "demo", "bench", "bench attention"]
+COMMANDS = ["convert", "export", "aliases", "doctor", "demo", "bench", "bench attention",
+            "bench train", "extend", "recover", "plan", "eval"]
 
 
 def _run(*args: str):

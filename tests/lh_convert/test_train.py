@@ -296,3 +296,20 @@ def test_ctrl_c_saves_and_exits(make_tiny_checkpoint, corpus: Path, tmp_path: Pa
                echo=print, progress=False)
     saved = load_checkpoint(latest_checkpoint(tmp_path / "run"))
     assert saved.state.step == 3 and saved.state.data_step == 3  # the three finished steps
+
+
+def test_plan_reports_and_flags_problems(make_tiny_checkpoint, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from lh_convert.cli import main
+
+    model = make_tiny_checkpoint("llama")
+    ok = CliRunner().invoke(main, ["plan", "--recipe", str(_recipe(tmp_path, model))])
+    assert ok.exit_code == 0, ok.output
+    for line in ("parameters", "RoPE          theta", "S = 288 of N = 512", "memory", "time/step"):
+        assert line in ok.output, ok.output
+    bad = CliRunner().invoke(main, ["plan", "--recipe", str(_recipe(tmp_path, model)), "--ctx", "513"])
+    assert bad.exit_code == 2 and "PROBLEM" in bad.output and "multiple of 2" in bad.output
+    dry = CliRunner().invoke(main, ["extend", "--recipe", str(_recipe(tmp_path, model)), "--out",
+                                    str(tmp_path / "run"), "--dry-run"])
+    assert dry.exit_code == 0 and not (tmp_path / "run").exists()
