@@ -26,7 +26,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from lh_convert import data
+from lh_convert import data, data_sources
 from lh_convert.data import (
     DataSpec,
     PackedSequences,
@@ -201,7 +201,7 @@ def test_hub_dataset_connection_refused(tokenize, monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.usefixtures("empty_hub_cache")
 def test_hub_dataset_that_never_answers_is_bounded(tokenize, monkeypatch) -> None:
-    monkeypatch.setattr(data, "HUB_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(data_sources, "HUB_TIMEOUT_S", 1.0)
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)
