@@ -253,3 +253,20 @@ def _add_gguf_tokenizer(writer: "gguf.GGUFWriter", tokenizer_json: Path) -> None
     writer.add_bos_token_id(special[TINY_BOS])
     writer.add_eos_token_id(special[TINY_EOS])
     writer.add_add_bos_token(True)
+
+
+def one_line_error(result, *fragments: str) -> str:
+    """Assert a Click result failed with exit status 2 and exactly one ``error: ...`` line on
+    stderr containing every fragment; return that line."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def assert_one_line_error() -> Callable[..., str]:
+    """``one_line_error`` as a fixture (test modules cannot import the conftest)."""
+    return one_line_error

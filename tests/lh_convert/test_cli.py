@@ -20,14 +20,6 @@ def _run(*args: str):
     return CliRunner().invoke(main, list(args))
 
 
-def _assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 def _nothing_left(folder: Path) -> None:
     assert not [p for p in folder.iterdir() if p.name.startswith(".")], list(folder.iterdir())
 
@@ -58,9 +50,9 @@ def test_all_dense_conversion_warns(make_tiny_checkpoint, tmp_path: Path) -> Non
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without a GPU")
-def test_bench_without_a_gpu_is_a_clear_error(tmp_path: Path) -> None:
+def test_bench_without_a_gpu_is_a_clear_error(tmp_path: Path, assert_one_line_error) -> None:
     result = _run("bench", "attention", "--lengths", "32k", "--out", str(tmp_path / "b"))
-    _assert_one_line_error(result, "needs a CUDA GPU")
+    assert_one_line_error(result, "needs a CUDA GPU")
 
 
 def test_doctor_runs_the_probe() -> None:
@@ -69,32 +61,35 @@ def test_doctor_runs_the_probe() -> None:
     assert "probe        ok" in result.output and "transformers" in result.output
 
 
-def test_missing_path(tmp_path: Path) -> None:
+def test_missing_path(tmp_path: Path, assert_one_line_error) -> None:
     result = _run("convert", "--model", str(tmp_path / "nope"), "--ctx", "64k",
                   "--out", str(tmp_path / "run"))
-    _assert_one_line_error(result, "does not exist")
+    assert_one_line_error(result, "does not exist")
     assert not (tmp_path / "run").exists()
 
 
-def test_unsupported_architecture(make_tiny_checkpoint, tmp_path: Path) -> None:
+def test_unsupported_architecture(make_tiny_checkpoint, tmp_path: Path,
+                                  assert_one_line_error) -> None:
     result = _run("convert", "--model", str(make_tiny_checkpoint("gemma")), "--ctx", "1k",
                   "--out", str(tmp_path / "run"), *TINY_FLAGS)
-    _assert_one_line_error(result, "gemma", "llama", "mistral", "qwen2", "qwen3")
+    assert_one_line_error(result, "gemma", "llama", "mistral", "qwen2", "qwen3")
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("ctx", ["64kb", "sixty", "-4k", "0"])
-def test_malformed_ctx(ctx: str, make_tiny_checkpoint, tmp_path: Path) -> None:
+def test_malformed_ctx(ctx: str, make_tiny_checkpoint, tmp_path: Path,
+                       assert_one_line_error) -> None:
     result = _run("convert", "--model", str(make_tiny_checkpoint("llama")), f"--ctx={ctx}",
                   "--out", str(tmp_path / "run"))
-    _assert_one_line_error(result, "--ctx")
+    assert_one_line_error(result, "--ctx")
     assert not (tmp_path / "run").exists()
 
 
-def test_ctx_smaller_than_the_model(make_tiny_checkpoint, tmp_path: Path) -> None:
+def test_ctx_smaller_than_the_model(make_tiny_checkpoint, tmp_path: Path,
+                                    assert_one_line_error) -> None:
     result = _run("convert", "--model", str(make_tiny_checkpoint("llama")), "--ctx", "128",
                   "--out", str(tmp_path / "run"), *TINY_FLAGS)
-    _assert_one_line_error(result, "128", "256", "--ctx")
+    assert_one_line_error(result, "128", "256", "--ctx")
 
 
 @pytest.mark.parametrize("flags,fragment", [
@@ -105,17 +100,18 @@ def test_ctx_smaller_than_the_model(make_tiny_checkpoint, tmp_path: Path) -> Non
     (["--dense-layers", "0,9"], "dense layer 9 does not exist in a model of 4 layers"),
 ], ids=["pooling", "levels", "topk-multiple", "tile", "dense-layers"])
 def test_impossible_lighthouse_parameters(flags: list[str], fragment: str, make_tiny_checkpoint,
-                                          tmp_path: Path) -> None:
+                                          tmp_path: Path, assert_one_line_error) -> None:
     result = _run("convert", "--model", str(make_tiny_checkpoint("llama")), "--ctx", "64k",
                   "--out", str(tmp_path / "run"), *flags)
-    _assert_one_line_error(result, "impossible Lighthouse parameters" if "dense" not in fragment
+    assert_one_line_error(result, "impossible Lighthouse parameters" if "dense" not in fragment
                            else "dense layer", fragment)
 
 
-def test_too_short_context_suggests_a_topk_that_works(make_tiny_checkpoint, tmp_path: Path) -> None:
+def test_too_short_context_suggests_a_topk_that_works(make_tiny_checkpoint, tmp_path: Path,
+                                                      assert_one_line_error) -> None:
     source = str(make_tiny_checkpoint("llama"))
     result = _run("convert", "--model", source, "--ctx", "16k", "--out", str(tmp_path / "run"))
-    _assert_one_line_error(result, "too short", "try --topk")
+    assert_one_line_error(result, "too short", "try --topk")
     suggested = re.search(r"try --topk (\d+)", result.stderr).group(1)
     assert int(suggested) < 2048
     retry = _run("convert", "--model", source, "--ctx", "16k", "--out", str(tmp_path / "run"),
@@ -123,46 +119,49 @@ def test_too_short_context_suggests_a_topk_that_works(make_tiny_checkpoint, tmp_
     assert retry.exit_code == 0, retry.output
 
 
-def test_truncated_safetensors(make_tiny_checkpoint, tmp_path: Path) -> None:
+def test_truncated_safetensors(make_tiny_checkpoint, tmp_path: Path, assert_one_line_error) -> None:
     source = make_tiny_checkpoint("llama", tmp_path / "src")
     weights = source / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     result = _run("convert", "--model", str(source), "--ctx", "1k", "--out", str(tmp_path / "run"),
                   *TINY_FLAGS)
-    _assert_one_line_error(result, "truncated or corrupt", "model.safetensors")
+    assert_one_line_error(result, "truncated or corrupt", "model.safetensors")
     assert not (tmp_path / "run").exists()
 
 
-def test_truncated_run_shard_fails_export(make_tiny_checkpoint, tmp_path: Path) -> None:
+def test_truncated_run_shard_fails_export(make_tiny_checkpoint, tmp_path: Path,
+                                          assert_one_line_error) -> None:
     source = make_tiny_checkpoint("llama")
     assert _run("convert", "--model", str(source), "--ctx", "1k", "--out", str(tmp_path / "run"),
                 *TINY_FLAGS).exit_code == 0
     shard = next((tmp_path / "run").glob("*.safetensors"))
     shard.write_bytes(shard.read_bytes()[:-100])
     result = _run("export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "plain"))
-    _assert_one_line_error(result, "truncated or corrupt")
+    assert_one_line_error(result, "truncated or corrupt")
     assert not (tmp_path / "plain").exists()
     _nothing_left(tmp_path)
 
 
-def test_unwritable_output_folder(make_tiny_checkpoint, tmp_path: Path) -> None:
+def test_unwritable_output_folder(make_tiny_checkpoint, tmp_path: Path,
+                                  assert_one_line_error) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     result = _run("convert", "--model", str(make_tiny_checkpoint("llama")), "--ctx", "1k",
                   "--out", str(blocker / "run"), *TINY_FLAGS)
-    _assert_one_line_error(result, "is a file, not a folder", "--out")
+    assert_one_line_error(result, "is a file, not a folder", "--out")
 
 
-def test_existing_output_folder_is_never_overwritten(make_tiny_checkpoint, tmp_path: Path) -> None:
+def test_existing_output_folder_is_never_overwritten(make_tiny_checkpoint, tmp_path: Path,
+                                                     assert_one_line_error) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "keep.txt").write_text("mine")
     result = _run("convert", "--model", str(make_tiny_checkpoint("llama")), "--ctx", "1k",
                   "--out", str(tmp_path / "run"), *TINY_FLAGS)
-    _assert_one_line_error(result, "already exists")
+    assert_one_line_error(result, "already exists")
     assert (tmp_path / "run" / "keep.txt").read_text() == "mine"
 
 
-def test_export_of_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+def test_export_of_a_folder_that_is_not_a_run(tmp_path: Path, assert_one_line_error) -> None:
     (tmp_path / "random").mkdir()
     result = _run("export", "--run", str(tmp_path / "random"), "--out", str(tmp_path / "plain"))
-    _assert_one_line_error(result, "not an lh-convert run folder")
+    assert_one_line_error(result, "not an lh-convert run folder")

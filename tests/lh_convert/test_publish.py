@@ -94,15 +94,6 @@ def _front_matter(card: str) -> dict[str, Any]:
     return yaml.safe_load(card.split("---\n")[1])
 
 
-def _one_line_error(result, *fragments: str) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
-
-
 def test_card_of_an_untrained_local_run(run_dir: Path) -> None:
     manifest = read_manifest(run_dir)
     card = build_model_card(run_dir=run_dir, manifest=manifest)
@@ -171,7 +162,8 @@ def test_dry_run_lists_files_and_card_and_touches_no_client(run_dir: Path, tmp_p
     assert f'from_pretrained("{REPO}")' in result.output
 
 
-def test_missing_token_fails_before_any_work(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+def test_missing_token_fails_before_any_work(run_dir: Path, tmp_path: Path, monkeypatch,
+                                             assert_one_line_error) -> None:
     def no_work(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the model was loaded before the token was checked")
 
@@ -181,7 +173,7 @@ def test_missing_token_fails_before_any_work(run_dir: Path, tmp_path: Path, monk
     out = tmp_path / "exported"
     result = CliRunner().invoke(main, ["export", "--run", str(run_dir), "--out", str(out),
                                        "--push-to-hub", REPO])
-    line = _one_line_error(result)
+    line = assert_one_line_error(result)
     assert line == f"error: {publish.NO_TOKEN_MESSAGE}"
     assert not out.exists() and not list(tmp_path.iterdir())
 
@@ -194,12 +186,13 @@ def test_missing_token_fails_before_any_work(run_dir: Path, tmp_path: Path, monk
     (["--push-to-hub", REPO, "--no-verify"], "drop --no-verify"),
 ], ids=["dry-run-alone", "private-alone", "bad-repo-id", "no-owner", "unverified-push"])
 def test_bad_push_options_fail_before_any_work(args: list[str], fragment: str, run_dir: Path,
-                                               tmp_path: Path, monkeypatch) -> None:
+                                               tmp_path: Path, monkeypatch,
+                                               assert_one_line_error) -> None:
     monkeypatch.setenv("HF_TOKEN", SECRET)
     monkeypatch.setattr(export_module, "load_run_model", None)  # any work would fail differently
     result = CliRunner().invoke(main, ["export", "--run", str(run_dir), "--out",
                                        str(tmp_path / "exported"), *args])
-    _one_line_error(result, fragment)
+    assert_one_line_error(result, fragment)
     assert not list(tmp_path.iterdir())
 
 
