@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -142,8 +143,6 @@ def _recipe_from_flags(recipe: str | None, model: str | None, ctx: str | None, s
         chosen = Recipe(name="custom", description="command-line settings", model=model, ctx=ctx)
     chosen = chosen.with_train(stage1_steps=steps, lr=lr, grad_accum=grad_accum,
                                micro_batch_size=micro_batch_size)
-    import dataclasses
-
     return dataclasses.replace(chosen, model=model or chosen.model, ctx=ctx or chosen.ctx)
 
 
@@ -196,11 +195,11 @@ def extend(out: Path, recipe: str | None, model: str | None, ctx: str | None, da
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit without training.")
 def recover(run: Path, steps: int | None, dry_run: bool) -> None:
     """Dense recovery stage: same weights and optimizer state, dense SDPA in every layer."""
-    from .stages import RECIPE_RECORD, _record
+    from .stages import RECIPE_RECORD, read_record
     from .stages import recover as run_recover
 
     if dry_run:
-        recorded = _record(run)
+        recorded = read_record(run)
         if recorded is None:
             raise LhConvertError(f"{run} has no {RECIPE_RECORD}; run `lh-convert extend` first")
         _print_plan(recorded[0])

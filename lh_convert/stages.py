@@ -26,7 +26,8 @@ from .train import DENSE_STAGE, LIGHTHOUSE_STAGE, Dist, StageResult, init_distri
 RECIPE_RECORD = "recipe.json"
 
 
-def _record(run_dir: Path) -> tuple[Recipe, DataSpec] | None:
+def read_record(run_dir: Path) -> tuple[Recipe, DataSpec] | None:
+    """The recipe and data spec pinned to a run by its first ``extend``, or None."""
     path = Path(run_dir) / RECIPE_RECORD
     if not path.is_file():
         return None
@@ -57,7 +58,7 @@ def extend(*, recipe: Recipe, out: Path, data: DataSpec, echo: Callable[[str], N
             raise LhConvertError(
                 f"{out} holds a run of {manifest.source.get('spec')} at {manifest.target_context} "
                 f"tokens, not {recipe.model} at {ctx}; choose a new --out")
-        recorded = _record(out)
+        recorded = read_record(out)
         if recorded is not None:
             recipe, data = _merge_resume(recorded, recipe, data, out)
     elif out.exists() and any(out.iterdir()):
@@ -91,7 +92,7 @@ def recover(*, run: Path, steps: int | None, echo: Callable[[str], None],
             progress: bool = True, stop_after: int | None = None) -> StageResult:
     """Stage 2 (dense recovery): same weights, same optimizer state, dense SDPA everywhere."""
     env = init_distributed()
-    recorded = _record(run)
+    recorded = read_record(run)
     if recorded is None:
         read_manifest(run)  # a clearer error when the folder is not a run at all
         raise LhConvertError(f"{run} has no {RECIPE_RECORD}: it was converted but never trained; "
