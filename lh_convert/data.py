@@ -9,16 +9,23 @@ resumed run memory-maps them at once. The validation share is held out by source
 files), which keeps near-duplicate text inside one file from leaking across the split.
 `batch_iterator` replays a seeded, epoch-wise shuffled order from any step without touching
 the skipped data, so a resumed run sees exactly the batches an uninterrupted run would.
+
+A token folder carries a tokenized corpus to a machine without the source files: it is the
+cache folder itself (`train.bin`, `validation.bin`, `meta.json`; `save_token_corpus` copies
+one), and `--data FOLDER` reads it directly after checking that it was tokenized with the
+model's own tokenizer (`load_token_corpus`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
 import math
 import os
 import secrets
+import shutil
 import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +41,14 @@ from .errors import LhConvertError
 from .data_sources import Source, file_source, resolve_sources
 from .data_sources import documents as read_documents
 
-_CACHE_FORMAT = 1  # bump when the cached files' layout or the tokenization recipe changes
+_CACHE_FORMAT = 2  # bump when the cached files' layout or the tokenization recipe changes
+TOKEN_FILES: tuple[str, ...] = ("meta.json", "train.bin", "validation.bin")
+# Encoded when a corpus is written and again when a token folder is read elsewhere: the ids
+# must agree even where another tokenizers version serializes the same tokenizer differently.
+_PROBE_TEXT = (
+    "def f(x: int) -> str:\n    return f\"{x!r:>8}\"  # tabs\tand   runs of spaces\n\n"
+    "Déjà vu, naïve café — 東京 🚀 1234567890 3.14159 e-mail@example.org <|endoftext|>\n"
+)
 _NOT_CORPUS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 _BATCH_DOCUMENTS, _BATCH_CHARACTERS = 64, 4_000_000  # documents per tokenizer call, at most
 
@@ -123,15 +137,22 @@ def tokenize_corpus(
         cache_dir: where tokenized corpora are kept.
         progress: show a progress bar (documents/s) while tokenizing.
 
+    A single path that is a token folder (`save_token_corpus`) is read as it is, without
+    sources or cache (`load_token_corpus`).
+
     Raises:
         LhConvertError: a path is missing, unsupported or unreadable, the data holds no text,
-            a hub dataset cannot be reached, or the tokenizer has no EOS token.
+            a hub dataset cannot be reached, the tokenizer has no EOS token, or a token folder
+            was tokenized with another tokenizer.
     """
     if tokenizer.eos_token_id is None:
         raise LhConvertError(
             "the tokenizer has no EOS token, so documents cannot be separated; "
             "use the model's own tokenizer, or set eos_token in its tokenizer_config.json"
         )
+    token_folder = _token_folder(spec)
+    if token_folder is not None:
+        return load_token_corpus(token_folder, tokenizer=tokenizer)
     sources, what = _resolve_sources(spec)
     folder = Path(cache_dir).expanduser() / _cache_key(sources, spec=spec, tokenizer=tokenizer)
     cached = _load_cached(folder)
@@ -149,10 +170,11 @@ def tokenize_corpus(
         )
     )
     dtype = np.dtype(np.uint16 if len(tokenizer) <= 2**16 else np.uint32)
+    probe: list[str] = []
     writers = [_StreamWriter(folder / f"{name}.bin", dtype) for name in ("train", "validation")]
     try:
         with tqdm(desc="tokenizing", unit="doc", disable=not progress, dynamic_ncols=True) as bar:
-            _tokenize_into(writers, labelled, tokenizer=tokenizer, bar=bar)
+            _tokenize_into(writers, _keep_probe(labelled, probe), tokenizer=tokenizer, bar=bar)
         counts = (writers[0].documents, writers[1].documents)
         if counts == (0, 0):
             raise LhConvertError(
@@ -186,6 +208,10 @@ def tokenize_corpus(
             "num_documents": list(counts),
             "description": f"{what}; {split}",
             "tokenizer": getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__,
+            "tokenizer_fingerprint": _tokenizer_fingerprint(tokenizer),
+            "vocabulary_fingerprint": _vocabulary_fingerprint(tokenizer),
+            "probe_text": _PROBE_TEXT + "".join(probe),
+            "probe_ids": _encode(tokenizer, _PROBE_TEXT + "".join(probe)),
             "eos_token_id": tokenizer.eos_token_id,
             "text_field": spec.text_field,
             "validation_fraction": spec.validation_fraction,
@@ -331,6 +357,99 @@ def _labelled_by_document(
         yield int(math.ceil((index + 1) * fraction) > math.ceil(index * fraction)), text
 
 
+# ---- token folders ------------------------------------------------------------------------------
+
+
+def save_token_corpus(corpus: TokenizedCorpus, *, out: Path) -> Path:
+    """Copy `corpus` (a cache folder from `tokenize_corpus`) into the token folder `out`.
+
+    `out` then holds `train.bin` and `validation.bin` (token ids, uint16 for vocabularies up to
+    65,536, else uint32; documents each followed by EOS, the validation documents held out by
+    source as `tokenize_corpus` splits them) and `meta.json` (dtype, token and document
+    counts, description, the tokenizer's fingerprint, and a probe text with its ids).
+    `--data out` reads it on any machine with the same tokenizer. Written atomically.
+
+    Raises:
+        LhConvertError: `out` exists, or `corpus` was cached before fingerprints were recorded.
+    """
+    out = Path(out)
+    meta = json.loads((corpus.cache_path / "meta.json").read_text(encoding="utf-8"))
+    if "tokenizer_fingerprint" not in meta:
+        raise LhConvertError(f"{corpus.cache_path} records no tokenizer fingerprint; delete it "
+                             "and tokenize again")
+    if out.exists():
+        raise LhConvertError(f"{out} exists; pass a new folder for the token corpus")
+    staging = out.with_name(f".{out.name}.tmp-{secrets.token_hex(4)}")
+    staging.mkdir(parents=True)
+    try:
+        for name in TOKEN_FILES:
+            shutil.copyfile(corpus.cache_path / name, staging / name)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def load_token_corpus(folder: Path, *, tokenizer: Any) -> TokenizedCorpus:
+    """The token folder `folder` (`save_token_corpus`), memory-mapped in place.
+
+    It must have been tokenized with `tokenizer`: the fingerprints match, or (another
+    tokenizers or transformers version serializing the same tokenizer differently) the
+    vocabularies match and the recorded probe text encodes to the recorded ids.
+
+    Raises:
+        LhConvertError: the folder is incomplete or of another format, or the tokenizer differs.
+    """
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        recorded = meta["tokenizer_fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        meta, recorded = {}, None
+    if meta.get("format") != _CACHE_FORMAT or recorded is None:
+        raise LhConvertError(f"token folder {folder} is not a complete format-{_CACHE_FORMAT} "
+                             "token corpus; write it again with lh_convert.data.save_token_corpus")
+    same = recorded == _tokenizer_fingerprint(tokenizer) or (
+        meta.get("vocabulary_fingerprint") == _vocabulary_fingerprint(tokenizer)
+        and meta.get("probe_ids") == _encode(tokenizer, meta.get("probe_text", "")))
+    if not same:
+        mine = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise LhConvertError(
+            f"token folder {folder} was tokenized with another tokenizer ({meta.get('tokenizer')}, "
+            f"fingerprint {recorded[:12]}) than this model's ({mine}, fingerprint "
+            f"{_tokenizer_fingerprint(tokenizer)[:12]}); tokenize the data with this model's "
+            "tokenizer, or pass the source files as --data")
+    corpus = _load_cached(folder)
+    if corpus is None:
+        raise LhConvertError(f"token folder {folder} is incomplete (a .bin file is missing or "
+                             "its size differs from meta.json); copy it again")
+    return dataclasses.replace(corpus, description=f"token folder {folder}: {corpus.description}")
+
+
+def _token_folder(spec: DataSpec) -> Path | None:
+    """The token folder `spec` names, if it names one (it must then be the only path)."""
+    found = [Path(p).expanduser() for p in spec.paths
+             if all((Path(p).expanduser() / name).is_file() for name in TOKEN_FILES)]
+    if found and len(spec.paths) > 1:
+        raise LhConvertError(f"token folder {found[0]} is already tokenized and split, so it "
+                             "cannot be combined with other data; pass it as the only --data")
+    return found[0] if found else None
+
+
+def _keep_probe(labelled: Iterator[tuple[int, str]], probe: list[str]
+                ) -> Iterator[tuple[int, str]]:
+    """Pass `labelled` through, keeping the head of the first document in `probe`."""
+    for label, text in labelled:
+        if not probe:
+            probe.append(text[:4000])
+        yield label, text
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=True, split_special_tokens=True,
+                          verbose=False)["input_ids"])
+
+
 # ---- tokenizing and the cache ------------------------------------------------------------------
 
 
@@ -345,6 +464,13 @@ def _tokenizer_fingerprint(tokenizer: Any) -> str:
     )
     extra = [type(tokenizer).__name__, len(tokenizer), tokenizer.eos_token_id]
     return hashlib.sha256((text + json.dumps(extra)).encode()).hexdigest()
+
+
+def _vocabulary_fingerprint(tokenizer: Any) -> str:
+    """A hash of the vocabulary, the tokenizer's size and its EOS id, serialization aside."""
+    extra = [len(tokenizer), tokenizer.eos_token_id]
+    return hashlib.sha256(json.dumps([sorted(tokenizer.get_vocab().items()), extra]).encode()
+                          ).hexdigest()
 
 
 def _cache_key(sources: list[Source], *, spec: DataSpec, tokenizer: Any) -> str:

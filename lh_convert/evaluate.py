@@ -98,7 +98,8 @@ def parse_lengths(text: str) -> tuple[int, ...]:
 def run_eval(*, model: Path, out: Path, suite: str = "long-context",
              lengths: Sequence[int] = (4096, 8192, 16384, 32768), baseline: Path | None = None,
              limit: int | None = None, device: str | None = None, seed: int = 0,
-             samples: int = 4, data: Sequence[str] = (), echo: Echo = print) -> EvalReport:
+             samples: int = 4, data: Sequence[str] = (), dtype: torch.dtype | None = None,
+             echo: Echo = print) -> EvalReport:
     """Evaluate `model` (and `baseline`) dense on `suite` and write the report into `out`.
 
     Args:
@@ -110,6 +111,7 @@ def run_eval(*, model: Path, out: Path, suite: str = "long-context",
         device: "cpu" or "cuda"; None: cuda when available.
         seed, samples, data: the long-context data's seed, rows per (length, depth) cell, and
             the data whose held-out documents make the haystacks and the loss-by-position text.
+        dtype: the weights' dtype; None: float32 on the CPU, the checkpoint's own on a GPU.
     """
     if suite not in SUITES:
         raise LhConvertError(f"unknown suite {suite!r}; pass one of {', '.join(SUITES)}")
@@ -128,7 +130,8 @@ def run_eval(*, model: Path, out: Path, suite: str = "long-context",
     results = []
     for label, source in zip(_labels(sources), sources):
         echo(f"evaluating {label} ({source}) on {device}")
-        loaded, tokenizer, max_length = load_dense_model(path=source, device=device, echo=echo)
+        loaded, tokenizer, max_length = load_dense_model(path=source, device=device, dtype=dtype,
+                                                         echo=echo)
         echo(f"  {loaded.config.model_type}, {loaded.num_parameters() / 1e6:.1f}M parameters, "
              f"dense SDPA, context {max_length:,} tokens")
         lm = HFLM(pretrained=loaded, tokenizer=tokenizer, max_length=max_length, batch_size=1)
@@ -145,7 +148,8 @@ def run_eval(*, model: Path, out: Path, suite: str = "long-context",
     return EvalReport(models=results, files=files)
 
 
-def load_dense_model(*, path: Path, device: str, echo: Echo = print) -> tuple[Any, Any, int]:
+def load_dense_model(*, path: Path, device: str, dtype: torch.dtype | None = None,
+                     echo: Echo = print) -> tuple[Any, Any, int]:
     """(model, tokenizer, context in tokens) of a checkpoint or run folder, dense everywhere.
 
     A run folder (it has `manifest.json`) loads its newest checkpoint's weights through
@@ -155,7 +159,7 @@ def load_dense_model(*, path: Path, device: str, echo: Echo = print) -> tuple[An
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
-    dtype = torch.float32 if device == "cpu" else None
+    dtype = dtype or (torch.float32 if device == "cpu" else None)
     if (path / "manifest.json").is_file():
         from .runs import load_run_model
 

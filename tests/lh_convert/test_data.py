@@ -33,6 +33,7 @@ from lh_convert.data import (
     TokenizedCorpus,
     batch_iterator,
     builtin_corpus_files,
+    save_token_corpus,
     tokenize_corpus,
 )
 from lh_convert.errors import LhConvertError
@@ -466,3 +467,83 @@ def test_single_document_that_cannot_be_split(tokenize, tmp_path: Path) -> None:
 def test_bad_arguments(make: Callable[[], object], message: str) -> None:
     with pytest.raises(LhConvertError, match=message):
         make()
+
+
+# ---- token folders ------------------------------------------------------------------------------
+
+
+def test_token_folder_round_trip_equals_tokenizing_the_sources(
+    tokenize, tiny_tokenizer, tmp_path: Path
+) -> None:
+    folder = _text_folder(tmp_path / "corpus")
+    direct = tokenize(folder, validation_fraction=0.2)
+    saved = save_token_corpus(direct, out=tmp_path / "carried" / "tokens")
+    shutil.rmtree(folder)  # the sources and the cache are not needed to read it back
+    shutil.rmtree(direct.cache_path)
+    read = tokenize(saved, cache=tmp_path / "other-cache")
+    assert np.array_equal(read.train, direct.train) and read.train.dtype == np.uint16
+    assert np.array_equal(read.validation, direct.validation)
+    assert read.num_documents == direct.num_documents and read.cache_path == saved
+    assert read.description == f"token folder {saved}: {direct.description}"
+    assert not (tmp_path / "other-cache").exists()
+    assert sorted(path.name for path in saved.parent.iterdir()) == ["tokens"]
+    with pytest.raises(LhConvertError, match=r"tokens exists; pass a new folder"):
+        save_token_corpus(read, out=saved)
+
+
+def test_token_folder_feeds_the_eval_haystacks(tokenize, tiny_tokenizer, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from lh_convert import eval_data
+
+    monkeypatch.setattr(eval_data, "cache_dir", lambda: tmp_path / "eval-cache")
+    folder = _text_folder(tmp_path / "corpus")
+    saved = save_token_corpus(tokenize(folder, validation_fraction=0.2), out=tmp_path / "tokens")
+    direct = eval_data.held_out_documents(tokenizer=tiny_tokenizer,
+                                          data=DataSpec(paths=(str(folder),),
+                                                        validation_fraction=0.2))
+    assert eval_data.held_out_documents(tokenizer=tiny_tokenizer,
+                                        data=DataSpec(paths=(str(saved),))) == direct
+    assert len(direct) == 4
+
+
+def test_token_folder_from_another_tokenizer_is_refused(
+    tokenize, tiny_tokenizer, tmp_path: Path
+) -> None:
+    saved = save_token_corpus(tokenize(_text_folder(tmp_path / "corpus")), out=tmp_path / "tok")
+    other_tokenizer = copy.deepcopy(tiny_tokenizer)
+    other_tokenizer.add_tokens(["lorem ipsum"])
+    message = (r"^token folder .*tok was tokenized with another tokenizer \(.*, fingerprint "
+               r"[0-9a-f]{12}\) than this model's \(.*, fingerprint [0-9a-f]{12}\); tokenize "
+               r"the data with this model's tokenizer, or pass the source files as --data$")
+    with pytest.raises(LhConvertError, match=message) as raised:
+        tokenize(saved, tokenizer=other_tokenizer)
+    assert "\n" not in str(raised.value)  # the CLI prints it as one `error: ...` line
+
+
+def test_token_folder_survives_another_serialization_but_not_other_ids(
+    tokenize, tiny_tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved = save_token_corpus(tokenize(_text_folder(tmp_path / "corpus")), out=tmp_path / "tok")
+    meta = json.loads((saved / "meta.json").read_text())
+    assert meta["probe_text"].startswith("def f(x") and "document" in meta["probe_text"]
+    monkeypatch.setattr(data, "_tokenizer_fingerprint", lambda tokenizer: "0" * 64)
+    assert np.array_equal(tokenize(saved).train, np.fromfile(saved / "train.bin", np.uint16))
+    meta["probe_ids"][3] += 1
+    (saved / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(LhConvertError, match="was tokenized with another tokenizer"):
+        tokenize(saved)
+
+
+def test_token_folder_must_be_complete_and_alone(tokenize, tmp_path: Path) -> None:
+    folder = _text_folder(tmp_path / "corpus")
+    saved = save_token_corpus(tokenize(folder), out=tmp_path / "tok")
+    with pytest.raises(LhConvertError, match=r"pass it as the only --data$"):
+        tokenize(saved, folder)
+    with open(saved / "train.bin", "r+b") as handle:
+        handle.truncate(10)
+    with pytest.raises(LhConvertError, match=r"token folder .*tok is incomplete"):
+        tokenize(saved)
+    meta = json.loads((saved / "meta.json").read_text())
+    (saved / "meta.json").write_text(json.dumps({**meta, "format": 1}))
+    with pytest.raises(LhConvertError, match=r"is not a complete format-2 token corpus"):
+        tokenize(saved)

@@ -1,0 +1,468 @@
+"""Issue #6: SmolLM2-135M-Instruct from 8K to 64K on one GPU, dense vs Lighthouse, one driver.
+
+Steps (each one device call or less; see README.md beside this file):
+
+  here:    prepare   corpus token folder, GGUF split in two parts, wheels for the GPU machine
+  device:  stage-a   keep GGUF part 1, install the wheels into .rep/site, import check
+           join      GGUF part 1 + part 2 -> the alias cache (sha256 checked), unpack the corpus
+           dense     arm 1: continued pre-training at 64K, dense SDPA in every layer, whole budget
+           lighthouse  arm 2: stage 1 with Lighthouse (--lighthouse-fraction), then dense recovery
+           eval      original 8K model, rope-only (no training), dense, lighthouse: validation
+                     loss by length from the token folder, and `lh-convert eval`'s long-context suite
+           pack      the small outputs into one .tar.gz under $OUT
+  here:    report    unpack it into plots and a Markdown section for docs/results.md
+
+Both arms run the same two commands (`lh-convert extend`, then `lh-convert recover`) on the same
+recipe, seed, data order and learning-rate schedule; the dense arm's recipe lists every layer
+in `dense_layers`, so its "stage 1" is dense SDPA too and its switch changes nothing.
+Everything lives under `.rep/` (ignored by git), which a warm device machine keeps between calls.
+`--rehearsal` runs the same steps at CPU scale (2K context, a few steps) under `.rep/rehearsal/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+REP = REPO / ".rep"
+MODEL = "smollm2-135m-gguf"
+ARMS = ("dense", "lighthouse")
+MODELS = ("original", "rope-only", "dense", "lighthouse")
+
+
+def alias_gguf(cache: Path) -> Path:
+    """Where `fetch_wheel_model` looks for the alias's GGUF under the lh-convert cache `cache`."""
+    entry = json.loads((REPO / "lh_convert" / "aliases.json").read_text())[MODEL]
+    return cache / "wheel-models" / entry["sha256"][:16] / Path(entry["member"]).name
+
+
+class Layout:
+    """The folders of one replication (the real one, or the rehearsal)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.root = REP / "rehearsal" if args.rehearsal else REP
+        self.runs, self.eval, self.logs = (self.root / n for n in ("runs", "eval", "logs"))
+        self.recipes = self.root / "recipes"
+        self.corpus = REP / "corpus"  # one token folder serves both
+        self.site, self.cache = REP / "site", REP / "cache"
+
+    def env(self) -> dict[str, str]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+               "PYTHONPATH": os.pathsep.join([str(REPO), str(self.site),
+                                              os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        if alias_gguf(self.cache).is_file():  # on the GPU machine, after `join`
+            env["LH_CONVERT_CACHE"] = str(self.cache)
+        return env
+
+
+def run(layout: Layout, step: str, command: list[str]) -> float:
+    """Run `command`, echo and log its output (logs/<step>.log), record its wall time."""
+    layout.logs.mkdir(parents=True, exist_ok=True)
+    shown = " ".join(command).replace(sys.executable, "python3")
+    print(f"$ {shown}", flush=True)
+    started = time.perf_counter()
+    with open(layout.logs / f"{step}.log", "a", encoding="utf-8") as log:
+        log.write(f"$ {shown}\n")
+        process = subprocess.Popen(command, cwd=REPO, env=layout.env(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, errors="replace")
+        for line in process.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+        code = process.wait()
+    seconds = time.perf_counter() - started
+    with open(layout.root / "timings.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"step": step, "command": shown, "seconds": round(seconds, 2),
+                                 "exit": code}) + "\n")
+    if code != 0:
+        sys.exit(f"{step}: `{shown}` failed with exit status {code} after {seconds:.0f}s")
+    return seconds
+
+
+def cli(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "lh_convert.cli", *arguments]
+
+
+# ---- here: the corpus, the GGUF parts, the wheels ----------------------------------------------
+
+# Packages whose .py sources join the standard library in the corpus (with this venv's versions).
+CORPUS_PACKAGES = ("numpy", "pandas", "networkx", "sympy")
+DOCUMENT_CHARACTERS = 320_000  # about 90K SmolLM2 tokens: most documents outlast 64K positions
+
+
+def build_sources(out: Path) -> dict:
+    """Write the corpus as .txt documents: each group's .py files (sorted, tests left out) are
+    concatenated, each under a `# file: PATH` line, and cut at file boundaries into documents
+    of at most DOCUMENT_CHARACTERS (a longer file is a document of its own)."""
+    import importlib.metadata
+    import sysconfig
+
+    from lh_convert.data import builtin_corpus_files
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    groups = {f"python{sys.version_info.major}.{sys.version_info.minor}-stdlib":
+              (stdlib, builtin_corpus_files())}
+    site = Path(sysconfig.get_paths()["purelib"])
+    for package in CORPUS_PACKAGES:
+        root = site / package
+        groups[f"{package}-{importlib.metadata.version(package)}"] = (site, sorted(
+            path for path in root.rglob("*.py")
+            if not {"test", "tests", "testing", "__pycache__"} & set(path.relative_to(root).parts)
+            and not path.name.startswith("test_")))
+    summary = {}
+    for name, (base, files) in groups.items():
+        folder = out / name
+        folder.mkdir(parents=True)
+        documents, parts, size, characters = 0, [], 0, 0
+        for path in files:
+            try:
+                text = f"# file: {path.relative_to(base).as_posix()}\n{path.read_text('utf-8')}\n"
+            except UnicodeDecodeError:
+                continue
+            if parts and size + len(text) > DOCUMENT_CHARACTERS:
+                (folder / f"{documents:04d}.txt").write_text("".join(parts), encoding="utf-8")
+                documents, parts, size = documents + 1, [], 0
+            parts.append(text)
+            size += len(text)
+            characters += len(text)
+        if parts:
+            (folder / f"{documents:04d}.txt").write_text("".join(parts), encoding="utf-8")
+            documents += 1
+        summary[name] = {"files": len(files), "documents": documents, "characters": characters}
+    return summary
+
+
+def step_prepare(layout: Layout, args: argparse.Namespace) -> None:
+    """Build .rep/corpus (+ .rep/c/corpus.tar.xz), .rep/a and .rep/b (the GGUF), and .whl."""
+    from lh_convert.data import DataSpec, save_token_corpus, tokenize_corpus
+    from lh_convert.sources import load_tokenizer, resolve_source
+    from lh_convert.wheel_models import cache_dir
+
+    resolve_source(MODEL)  # fetches the GGUF into the cache when it is not there
+    gguf = alias_gguf(cache_dir())
+    if not layout.corpus.exists():
+        sources = REP / "corpus-src"
+        shutil.rmtree(sources, ignore_errors=True)
+        groups = build_sources(sources)
+        tokenizer = load_tokenizer(resolve_source(MODEL))
+        corpus = tokenize_corpus(spec=DataSpec(paths=(str(sources),)), tokenizer=tokenizer,
+                                 cache_dir=cache_dir() / "tokens")
+        save_token_corpus(corpus, out=layout.corpus)
+        meta = json.loads((layout.corpus / "meta.json").read_text())
+        meta["groups"] = groups
+        (layout.corpus / "composition.json").write_text(json.dumps(
+            {"groups": groups, "num_tokens": meta["num_tokens"],
+             "num_documents": meta["num_documents"],
+             "validation_sources": meta["validation_sources"]}, indent=1))
+    archive = REP / "c" / "corpus.tar.xz"
+    if not archive.exists():
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive, "w:xz", preset=9) as tar:
+            tar.add(layout.corpus, arcname="corpus")
+    data = gguf.read_bytes()
+    half = (len(data) + 1) // 2  # two parts under 50 MB each
+    for folder, part in (("a", data[:half]), ("b", data[half:])):
+        (REP / folder).mkdir(exist_ok=True)
+        (REP / folder / f"gguf.part{'1' if folder == 'a' else '2'}").write_bytes(part)
+    (REP / "b" / "gguf.sha256").write_text(hashlib.sha256(data).hexdigest() + "\n")
+    if args.wheels:
+        wheels = REPO / ".whl"
+        wheels.mkdir(exist_ok=True)
+        platforms = [f"--platform={p}" for p in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64",
+                                                  "manylinux2014_x86_64")]
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
+                        "--only-binary=:all:", "--python-version", "3.12", "--implementation",
+                        "cp", *platforms, "-d", str(wheels), *DEVICE_WHEELS], check=True)
+    for path in sorted([*REP.glob("[abc]/*"), *(REPO / ".whl").glob("*.whl")]):
+        print(f"{path.stat().st_size / 2**20:8.2f} MiB  {path.relative_to(REPO)}")
+
+
+# What the GPU image lacks for `lh-convert eval` (lm-eval, reading JSONL through datasets) and
+# for reading the GGUF; everything else those import is in the image (KINDS.md's list).
+DEVICE_WHEELS = ("lm_eval==0.4.13", "datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19",
+                 "gguf==0.19.0")
+
+
+# ---- device: the wheels, the GGUF, the corpus --------------------------------------------------
+
+
+def step_stage_a(layout: Layout, args: argparse.Namespace) -> None:
+    """Keep GGUF part 1 (carried in .rep/a) and install the wheels (carried in .whl)."""
+    kept = REP / "dev" / "gguf.part1"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    if (REP / "a" / "gguf.part1").is_file():
+        shutil.copyfile(REP / "a" / "gguf.part1", kept)
+    wheels = sorted(str(path) for path in (REPO / ".whl").glob("*.whl"))
+    if wheels and not args.rehearsal:  # cp312 wheels; a rehearsal uses this Python's packages
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                        "--no-compile", "--no-cache-dir", "--upgrade", "--target",
+                        str(layout.site), *wheels], check=True)
+    link = layout.site / "lighthouse_kernels"
+    layout.site.mkdir(parents=True, exist_ok=True)
+    if not link.exists():
+        link.symlink_to(REPO / "kernels", target_is_directory=True)
+    check = ("import torch, transformers, datasets, lm_eval, gguf, lighthouse_kernels, "
+             "lh_convert.evaluate; print('torch', torch.__version__, 'transformers', "
+             "transformers.__version__, 'datasets', datasets.__version__, 'lm_eval', "
+             "lm_eval.__version__, 'cuda', torch.cuda.is_available() and "
+             "torch.cuda.get_device_name())")
+    run(layout, "stage-a", [sys.executable, "-c", check])
+
+
+def step_join(layout: Layout, args: argparse.Namespace) -> None:
+    """Join the GGUF parts into the alias cache (sha256 checked) and unpack the corpus."""
+    target = alias_gguf(layout.cache)
+    if not target.is_file():
+        first = next((p for p in (REP / "dev" / "gguf.part1", REP / "a" / "gguf.part1")
+                      if p.is_file()), None)
+        if first is None:
+            sys.exit("join: GGUF part 1 is missing; run `stage-a` with .rep/a carried first")
+        data = first.read_bytes() + (REP / "b" / "gguf.part2").read_bytes()
+        expected = (REP / "b" / "gguf.sha256").read_text().split()[0]
+        if hashlib.sha256(data).hexdigest() != expected:
+            sys.exit(f"join: the joined GGUF's sha256 is not {expected}; carry the parts again")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        print(f"joined {target} ({len(data):,} bytes, sha256 {expected[:16]}... ok)")
+    if not (layout.corpus / "meta.json").is_file():
+        with tarfile.open(REP / "c" / "corpus.tar.xz") as tar:
+            tar.extractall(REP, filter="data")
+    meta = json.loads((layout.corpus / "meta.json").read_text())
+    print(f"corpus: {meta['num_tokens'][0]:,} training and {meta['num_tokens'][1]:,} validation "
+          f"tokens in {layout.corpus}")
+
+
+# ---- device: the arms --------------------------------------------------------------------------
+
+
+def budget(args: argparse.Namespace) -> tuple[int, int]:
+    """(stage-1 steps, recovery steps) of the budget `--steps` split by `--lighthouse-fraction`."""
+    stage1 = max(1, min(args.steps - 1, round(args.steps * args.lighthouse_fraction)))
+    return stage1, args.steps - stage1
+
+
+def rope(args: argparse.Namespace) -> str:
+    """theta (the NTK-aware base increase); none in a rehearsal, whose 2K is within SmolLM2's 8K."""
+    return "none" if args.rehearsal else "theta"
+
+
+def write_recipe(layout: Layout, args: argparse.Namespace, arm: str) -> Path:
+    """The arm's recipe: recipes/smollm2-135m-64k.toml's model and Lighthouse settings (2K-context
+    ones in a rehearsal), the budget knobs, and for `dense` every one of the 30 layers dense."""
+    stage1, recovery = budget(args)
+    if args.rehearsal:
+        lighthouse = {"levels": 2, "pooling": 4, "topk": 256, "tile": 128}
+        train = {"precision": "fp32", "loss_chunk": 1024, "activation_checkpointing": False}
+    else:
+        lighthouse = {"levels": 3, "pooling": 4, "topk": 2048, "tile": 128}
+        train = {"precision": "bf16", "loss_chunk": 4096, "activation_checkpointing": True}
+    dense_layers = list(range(30)) if arm == "dense" else [0, 1, -2, -1]
+    train.update(micro_batch_size=1, grad_accum=args.grad_accum, stage1_steps=stage1,
+                 recovery_fraction=recovery / stage1, lr=args.lr, warmup_steps=args.warmup,
+                 eval_every=args.eval_every, eval_batches=args.eval_batches,
+                 checkpoint_every=args.steps, keep_checkpoints=1, seed=args.seed)
+    lines = [f'name = "replication-{arm}"',
+             f'description = "issue #6, arm {arm}: {stage1} + {recovery} steps"',
+             f'model = "{MODEL}"', f'ctx = "{args.ctx}"', f'rope = "{rope(args)}"', "",
+             "[lighthouse]"]
+    lines += [f"{key} = {value}" for key, value in lighthouse.items()]
+    lines += [f"dense_layers = {dense_layers}", "", "[train]"]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in train.items()]
+    layout.recipes.mkdir(parents=True, exist_ok=True)
+    path = layout.recipes / f"{arm}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def step_arm(layout: Layout, args: argparse.Namespace, arm: str) -> None:
+    """extend (stage 1) then recover (the rest), on the arm's recipe; resumes a partial run."""
+    recipe, out = write_recipe(layout, args, arm), layout.runs / arm
+    run(layout, arm, cli("extend", "--recipe", str(recipe), "--out", str(out),
+                         "--data", str(layout.corpus)))
+    run(layout, arm, cli("recover", "--run", str(out)))
+
+
+# ---- device: evaluation ------------------------------------------------------------------------
+
+
+def step_eval(layout: Layout, args: argparse.Namespace) -> None:
+    """Make the two untrained models, then evaluate every model in `--models`."""
+    original_ctx = "2048" if args.rehearsal else "8k"
+    made = {"original": ("--ctx", original_ctx, "--rope", "none"), "rope-only": ("--ctx", args.ctx, "--rope", rope(args))}
+    for name in args.models.split(","):
+        folder = layout.runs / name
+        if name in made and not (folder / "manifest.json").is_file():
+            extra = ("--levels", "2", "--topk", "256") if args.rehearsal else ()
+            run(layout, "eval", cli("convert", "--model", MODEL, "--out", str(folder),
+                                    *made[name], *extra))
+        if not folder.is_dir():
+            sys.exit(f"eval: {folder} does not exist; run the `{name}` step first")
+        run(layout, "eval", [sys.executable, __file__, "eval-one", "--model", name,
+                             *forwarded(args)])
+
+
+def forwarded(args: argparse.Namespace) -> list[str]:
+    options = ["--eval-lengths", args.eval_lengths, "--eval-samples", str(args.eval_samples),
+               "--windows", str(args.windows), "--seed", str(args.seed)]
+    return options + (["--rehearsal"] if args.rehearsal else [])
+
+
+def step_eval_one(layout: Layout, args: argparse.Namespace) -> None:
+    """One model: validation loss by length (`valloss.json`), then `run_eval` (what
+    `lh-convert eval` runs) on the long-context suite, in bf16 on a GPU."""
+    import torch
+
+    from lh_convert.evaluate import load_dense_model, parse_lengths, run_eval
+
+    folder, out = layout.runs / args.model, layout.eval / args.model
+    lengths = parse_lengths(args.eval_lengths)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    out.mkdir(parents=True, exist_ok=True)
+    model, tokenizer, context = load_dense_model(path=folder, device=device, dtype=dtype)
+    losses = validation_loss(model, tokenizer=tokenizer, corpus=layout.corpus, device=device,
+                             lengths=[n for n in lengths if n <= context], windows=args.windows)
+    (out / "valloss.json").write_text(json.dumps({"model": args.model, "context": context,
+                                                  **losses}, indent=1))
+    del model
+    run_eval(model=folder, out=out, suite="long-context", lengths=lengths, device=device,
+             seed=args.seed, samples=args.eval_samples, data=(str(layout.corpus),), dtype=dtype)
+
+
+def validation_loss(model, *, tokenizer, corpus: Path, device: str, lengths: list[int],
+                    windows: int) -> dict:
+    """Loss on the first L positions (and on the last quarter of those, as training's
+    val_late_loss) of `windows` consecutive validation windows of max(lengths) tokens.
+
+    One forward per window serves every L: attention is causal, so the first L positions of a
+    long window see exactly what an L-token window starting there would.
+    """
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from lh_convert.data import DataSpec, tokenize_corpus
+
+    tokens = tokenize_corpus(spec=DataSpec(paths=(str(corpus),)), tokenizer=tokenizer,
+                             cache_dir=corpus, progress=False).validation
+    longest = max(lengths)
+    count = min(windows, len(tokens) // longest)
+    per_window: dict[int, list[tuple[float, float]]] = {n: [] for n in lengths}
+    head = model.get_output_embeddings()
+    for window in range(count):
+        ids = torch.from_numpy(np.asarray(tokens[window * longest:(window + 1) * longest],
+                                          np.int64)).to(device)[None]
+        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16,
+                                             enabled=device == "cuda"):
+            hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state[0, :-1]
+            nll = torch.cat([F.cross_entropy(F.linear(hidden[a:a + 4096], head.weight).float(),
+                                             ids[0, 1 + a:1 + a + 4096], reduction="none")
+                             for a in range(0, hidden.shape[0], 4096)])
+        for n in lengths:
+            first = int((n - 1) * 0.75)
+            per_window[n].append((nll[:n - 1].mean().item(), nll[first:n - 1].mean().item()))
+    table = {}
+    for n, values in per_window.items():
+        whole, late = np.array(values).T
+        table[str(n)] = {"loss": whole.mean(), "late_loss": late.mean(),
+                         "loss_sem": whole.std(ddof=1) / np.sqrt(len(whole)) if count > 1 else 0,
+                         "per_window": whole.tolist(), "late_per_window": late.tolist()}
+    return {"windows": count, "window_tokens": longest, "lengths": table}
+
+
+# ---- pack and report ---------------------------------------------------------------------------
+
+PACKED = ("runs/*/metrics.jsonl", "runs/*/loss.png", "runs/*/recipe.json", "runs/*/manifest.json",
+          "eval/*/results.md", "eval/*/summary.json", "eval/*/*.png", "eval/*/valloss.json",
+          "eval/*/*/lm_eval_results.json", "logs/*.log", "timings.jsonl", "recipes/*.toml")
+
+
+def step_pack(layout: Layout, args: argparse.Namespace) -> None:
+    """The small outputs, one .tar.gz: under $OUT on the GPU machine, else .rep/."""
+    target = Path(os.environ.get("OUT") or layout.root) / "replication.tar.gz"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    files = sorted({path for pattern in PACKED for path in layout.root.glob(pattern)})
+    extra = [layout.corpus / "meta.json", layout.corpus / "composition.json"]
+    with tarfile.open(target, "w:gz") as tar:
+        for path in files + [p for p in extra if p.is_file()]:
+            name = path.relative_to(layout.root) if path.is_relative_to(layout.root) else \
+                Path("corpus") / path.name
+            tar.add(path, arcname=str(name))
+    print(f"packed {len(files)} files into {target} ({target.stat().st_size / 1e6:.2f} MB)")
+
+
+def step_report(layout: Layout, args: argparse.Namespace) -> None:
+    from report import write_report  # evals/replication/report.py
+
+    write_report(archive=Path(args.archive or layout.root / "replication.tar.gz"),
+                 out=Path(args.out), args=args, budget=budget(args))
+
+
+STEPS = {"prepare": step_prepare, "stage-a": step_stage_a, "join": step_join,
+         "dense": lambda layout, args: step_arm(layout, args, "dense"),
+         "lighthouse": lambda layout, args: step_arm(layout, args, "lighthouse"),
+         "eval": step_eval, "eval-one": step_eval_one, "pack": step_pack, "report": step_report}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("steps_to_run", nargs="+", metavar="STEP", choices=sorted(STEPS),
+                        help="one or more of: " + ", ".join(STEPS))
+    parser.add_argument("--rehearsal", action="store_true",
+                        help="CPU scale: 2K context, 4 steps, small eval, under .rep/rehearsal")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="total optimizer steps of each arm [80; rehearsal 4]")
+    parser.add_argument("--lighthouse-fraction", type=float, default=0.75,
+                        help="share of the steps the lighthouse arm trains with Lighthouse")
+    parser.add_argument("--grad-accum", type=int, default=None,
+                        help="sequences per step (micro-batch 1) [2; rehearsal 1]")
+    parser.add_argument("--ctx", default=None, help="target context [64k; rehearsal 2048]")
+    parser.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
+    parser.add_argument("--warmup", type=int, default=None, help="warmup steps [5; rehearsal 1]")
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help="steps between validation losses [5; rehearsal 1]")
+    parser.add_argument("--eval-batches", type=int, default=2,
+                        help="validation sequences per validation loss")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every arm and the eval data")
+    parser.add_argument("--models", default=",".join(MODELS), help="models the eval step evaluates")
+    parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--eval-lengths", default=None,
+                        help="eval prompt lengths [8k,16k,32k,64k; rehearsal 1k,2k]")
+    parser.add_argument("--eval-samples", type=int, default=1,
+                        help="long-context rows per (length, depth) cell")
+    parser.add_argument("--windows", type=int, default=6,
+                        help="validation windows of the longest length for the loss by length")
+    parser.add_argument("--no-wheels", dest="wheels", action="store_false",
+                        help="prepare: do not download the wheels")
+    parser.add_argument("--archive", default=None, help="report: the packed .tar.gz")
+    parser.add_argument("--out", default="docs/replication", help="report: folder for the plots")
+    args = parser.parse_args()
+    sys.path[:0] = [str(REPO), str(REP / "site")]
+    small = args.rehearsal
+    for name, real, rehearsal in (("steps", 80, 4), ("grad_accum", 2, 1), ("ctx", "64k", "2048"),
+                                  ("warmup", 5, 1), ("eval_every", 5, 1),
+                                  ("eval_lengths", "8k,16k,32k,64k", "1k,2k")):
+        if getattr(args, name) is None:
+            setattr(args, name, rehearsal if small else real)
+    if small and args.windows == 6:
+        args.windows = 2
+    layout = Layout(args)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    for step in args.steps_to_run:
+        started = time.perf_counter()
+        print(f"== {step}", flush=True)
+        STEPS[step](layout, args)
+        print(f"== {step} done in {time.perf_counter() - started:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

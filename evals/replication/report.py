@@ -1,0 +1,196 @@
+"""The `report` step of replicate.py: the packed outputs -> PNG plots and a Markdown section.
+
+Reads what `pack` wrote (metrics.jsonl of each arm, timings, valloss.json and the eval summaries)
+and writes into `out`: val_loss.png (validation loss vs training tokens, both arms, the switch
+marked), train_loss.png (training loss around the switch), the eval plots of every model, and
+section.md (tables ready for docs/results.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+ARMS = ("dense", "lighthouse")
+MODELS = ("original", "rope-only", "dense", "lighthouse")
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else float("nan")
+
+
+def _arm_numbers(metrics: list[dict], stage1: int) -> dict:
+    """Per stage: steps, summed step time, median tokens/s; the loss jump at the switch and the
+    recovery steps (the first recovery step whose 3-step mean training loss is back at or below
+    the mean of stage 1's last 3 steps)."""
+    train = [r for r in metrics if r["kind"] == "train"]
+    evals = [r for r in metrics if r["kind"] == "eval"]
+    numbers: dict = {"stages": {}}
+    for stage in ("lighthouse", "dense"):
+        rows = [r for r in train if r["stage"] == stage]
+        if rows:
+            numbers["stages"][stage] = {
+                "steps": len(rows), "seconds": sum(r["step_s"] for r in rows),
+                "tokens_per_s": _median([r["tokens_per_s"] for r in rows]),
+                "memory_gib": max((r.get("memory_gib") or 0) for r in rows)}
+    before = [r["loss"] for r in train if r["step"] <= stage1][-3:]
+    after = [r["loss"] for r in train if r["step"] > stage1]
+    if before and after:
+        level = sum(before) / len(before)
+        numbers["jump"] = after[0] - level
+        smoothed = [sum(after[max(0, i - 2):i + 1]) / len(after[max(0, i - 2):i + 1])
+                    for i in range(len(after))]
+        numbers["recovery_steps"] = next((i + 1 for i, v in enumerate(smoothed) if v <= level),
+                                         None)
+    val_before = [r for r in evals if r["step"] <= stage1]
+    val_after = [r for r in evals if r["step"] > stage1]
+    if val_before and val_after:
+        numbers["val_jump"] = val_after[0]["val_loss"] - val_before[-1]["val_loss"]
+    if evals:
+        numbers["final_val"], numbers["final_late"] = evals[-1]["val_loss"], evals[-1]["val_late_loss"]
+    return numbers
+
+
+def _plot(root: Path, out: Path, stage1: int, tokens_per_step: int | None) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for kind, key, name, title in (("eval", "val_loss", "val_loss.png", "validation loss"),
+                                   ("train", "loss", "train_loss.png", "training loss")):
+        fig, ax = plt.subplots(figsize=(7.5, 4.2))
+        for arm in ARMS:
+            rows = [r for r in _jsonl(root / "runs" / arm / "metrics.jsonl") if r["kind"] == kind]
+            if not rows:
+                continue
+            x = [r["step"] * tokens_per_step / 1e6 if tokens_per_step else r["step"] for r in rows]
+            ax.plot(x, [r[key] for r in rows], "o-" if kind == "eval" else "-", ms=3, label=arm)
+            if kind == "eval":
+                late = [r["val_late_loss"] for r in rows]
+                ax.plot(x, late, "x--", ms=3, alpha=0.6, label=f"{arm} (last quarter)")
+        switch = stage1 * tokens_per_step / 1e6 if tokens_per_step else stage1
+        ax.axvline(switch, color="grey", ls=":", label="lighthouse -> dense recovery")
+        ax.set(xlabel="training tokens (millions)" if tokens_per_step else "step",
+               ylabel="loss (nats/token)", title=f"{title}, 64K sequences")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+def write_report(*, archive: Path, out: Path, args: argparse.Namespace,
+                 budget: tuple[int, int]) -> None:
+    stage1, recovery = budget
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        with tarfile.open(archive) as tar:
+            tar.extractall(root, filter="data")
+        recipe = json.loads((root / "runs" / "lighthouse" / "recipe.json").read_text()) \
+            if (root / "runs" / "lighthouse" / "recipe.json").is_file() else None
+        first = [r for arm in ARMS for r in _jsonl(root / "runs" / arm / "metrics.jsonl")
+                 if r["kind"] == "train"]
+        tokens_per_step = first[0]["tokens"] // first[0]["step"] if first else None
+        if recipe is not None:
+            stage1 = recipe["recipe"]["train"]["stage1_steps"]
+        plots = _plot(root, out, stage1, tokens_per_step)
+        for model in MODELS:
+            for png in sorted((root / "eval" / model).glob("*.png")):
+                shutil.copyfile(png, out / f"{model}-{png.name}")
+                plots.append(f"{model}-{png.name}")
+        lines = _markdown(root, stage1=stage1, tokens_per_step=tokens_per_step, plots=plots,
+                          out=out)
+    (out / "section.md").write_text("\n".join(lines) + "\n")
+    print(f"report: {out / 'section.md'} and {len(plots)} plots in {out}")
+
+
+def _markdown(root: Path, *, stage1: int, tokens_per_step: int | None, plots: list[str],
+              out: Path) -> list[str]:
+    timings = _jsonl(root / "timings.jsonl")
+    lines = ["### Training (same seed, data order, schedule and token budget)", "",
+             "| arm | stage | steps | tokens | step time (s) | median tokens/s | peak GiB |",
+             "|---|---|---|---|---|---|---|"]
+    numbers = {arm: _arm_numbers(_jsonl(root / "runs" / arm / "metrics.jsonl"), stage1)
+               for arm in ARMS}
+    for arm in ARMS:
+        for stage, s in numbers[arm]["stages"].items():
+            tokens = s["steps"] * tokens_per_step if tokens_per_step else 0
+            lines.append(f"| {arm} | {stage} | {s['steps']} | {tokens / 1e6:.2f}M | "
+                         f"{s['seconds']:.0f} | {s['tokens_per_s']:,.0f} | {s['memory_gib']:.1f} |")
+    walls = {arm: sum(t["seconds"] for t in timings if t["step"] == arm) for arm in ARMS}
+    steps = {arm: sum(s["seconds"] for s in numbers[arm]["stages"].values()) for arm in ARMS}
+    if all(walls.values()):
+        lines += ["", f"Wall time of each arm's commands (conversion, loading, validation and "
+                  f"checkpoints included): dense {walls['dense']:.0f}s, lighthouse "
+                  f"{walls['lighthouse']:.0f}s ({walls['lighthouse'] / walls['dense']:.2f}x); "
+                  f"training steps alone: dense {steps['dense']:.0f}s, lighthouse "
+                  f"{steps['lighthouse']:.0f}s ({steps['lighthouse'] / max(steps['dense'], 1e-9):.2f}x)."]
+    lines += ["", "| arm | final val loss | final val loss, last quarter | train-loss jump at the "
+              "switch | val-loss jump | recovery steps |", "|---|---|---|---|---|---|"]
+    for arm in ARMS:
+        n = numbers[arm]
+        lines.append(f"| {arm} | {n.get('final_val', float('nan')):.4f} | "
+                     f"{n.get('final_late', float('nan')):.4f} | {n.get('jump', float('nan')):+.4f} | "
+                     f"{n.get('val_jump', float('nan')):+.4f} | {n.get('recovery_steps', '-')} |")
+    lines += ["", "### Validation loss by length (first L positions of each window; mean ± "
+              "standard error over windows; last quarter of those L positions after the slash)", ""]
+    valloss = {m: json.loads((root / "eval" / m / "valloss.json").read_text())
+               for m in MODELS if (root / "eval" / m / "valloss.json").is_file()}
+    lengths = sorted({int(n) for v in valloss.values() for n in v["lengths"]})
+    if valloss:
+        lines += ["| model | " + " | ".join(f"{n:,}" for n in lengths) + " |",
+                  "|---|" + "---|" * len(lengths)]
+        for model, v in valloss.items():
+            cells = [f"{v['lengths'][str(n)]['loss']:.3f} ± {v['lengths'][str(n)]['loss_sem']:.3f}"
+                     f" / {v['lengths'][str(n)]['late_loss']:.3f}" if str(n) in v["lengths"]
+                     else "beyond context" for n in lengths]
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    summaries = {m: json.loads((root / "eval" / m / "summary.json").read_text())["models"][0]
+                 for m in MODELS if (root / "eval" / m / "summary.json").is_file()}
+    if summaries:
+        lines += ["", "### Retrieval accuracy by length (lh-convert eval; mean over depths)", "",
+                  "| task | length | " + " | ".join(summaries) + " |",
+                  "|---|---|" + "---|" * len(summaries)]
+        tasks = sorted({t for s in summaries.values() for t in s["retrieval"]} |
+                       {t for s in summaries.values() for t, k in s["skipped"].items()
+                        if k and t != "lh_position_loss"})
+        for task in tasks:
+            found = sorted({c["length"] for s in summaries.values()
+                            for c in s["retrieval"].get(task, [])} |
+                           {int(n) for s in summaries.values() for n in s["skipped"].get(task, {})})
+            for length in found:
+                cells = []
+                for s in summaries.values():
+                    accs = [c["acc"] for c in s["retrieval"].get(task, []) if c["length"] == length]
+                    cells.append(f"{sum(accs) / len(accs):.2f}" if accs else "skipped")
+                lines.append(f"| {task} | {length:,} | " + " | ".join(cells) + " |")
+        lines += ["", "### Held-out loss by position bucket (lh-convert eval, whole document "
+                  "before each bucket)", "", "| positions | " + " | ".join(summaries) + " |",
+                  "|---|" + "---|" * len(summaries)]
+        buckets = sorted({(b["start"], b["end"]) for s in summaries.values()
+                          for b in s["position_loss"]})
+        for start, end in buckets:
+            cells = [next((f"{b['nll_per_token']:.3f} ({b['documents']})" for b in s["position_loss"]
+                           if (b["start"], b["end"]) == (start, end)), "-")
+                     for s in summaries.values()]
+            lines.append(f"| {start:,}-{end:,} | " + " | ".join(cells) + " |")
+    lines += ["", "### Commands and their wall times", ""]
+    lines += [f"- `{t['command']}`: {t['seconds']:.0f}s" for t in timings]
+    lines += ["", "Plots: " + ", ".join(f"![{p}]({out.as_posix()}/{p})" for p in plots)]
+    return lines
