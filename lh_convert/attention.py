@@ -115,15 +115,9 @@ def lighthouse_attention_forward(module: torch.nn.Module, query: torch.Tensor, k
                                  **kwargs) -> tuple[torch.Tensor, None]:
     """transformers attention function: query ``[B, H, N, D]``, key/value ``[B, G, N, D]``,
     returns ``([B, N, H, D], None)``."""
-    stored = getattr(module.config, CONFIG_KEY, None)
-    if not isinstance(stored, dict):
-        raise LhConvertError("attn_implementation='lighthouse' needs config.lighthouse settings; "
-                             "load a run folder written by `lh-convert convert`")
-    settings, kernel_config = _settings_from_items(tuple(sorted(
-        (k, tuple(v) if isinstance(v, list) else v) for k, v in stored.items())))
-    layer = module.layer_idx
-    if layer in settings.dense_layer_set(module.config.num_hidden_layers):
-        CALLS.add(layer, DENSE_LAYER)
+    dense, kernel_config = _layer_plan(module)
+    if dense:
+        _count(module, DENSE_LAYER)
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
                                       dropout=dropout, **kwargs)
     kernel_config = _probe_override or kernel_config
@@ -137,12 +131,44 @@ def lighthouse_attention_forward(module: torch.nn.Module, query: torch.Tensor, k
         reason = fallback_reason(query, key, config=kernel_config)
     if reason is not None:
         log_fallback_once(reason)
-        CALLS.add(layer, FALLBACK)
+        _count(module, FALLBACK)
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
                                       dropout=dropout, **kwargs)
-    CALLS.add(layer, LIGHTHOUSE)
+    _count(module, LIGHTHOUSE)
     out = lighthouse_attention(query, key, value, config=kernel_config, scale=scaling)
     return out.transpose(1, 2), None
+
+
+_PLAN = "_lighthouse_plan"
+
+
+def _layer_plan(module: torch.nn.Module) -> tuple[bool, LighthouseConfig]:
+    """Whether ``module``'s layer stays dense, and the kernel settings, from ``config.lighthouse``.
+
+    Eagerly this is read from the config on every call (so a changed config takes effect)
+    and remembered on the module. Under ``torch.compile`` the remembered plan is used: it
+    holds only a bool and a shared settings object, so every Lighthouse layer passes the
+    same guards and compiles once, where reading ``layer_idx`` would compile each layer anew.
+    """
+    if torch.compiler.is_compiling() and _PLAN in module.__dict__:
+        return module.__dict__[_PLAN]
+    stored = getattr(module.config, CONFIG_KEY, None)
+    if not isinstance(stored, dict):
+        raise LhConvertError("attn_implementation='lighthouse' needs config.lighthouse settings; "
+                             "load a run folder written by `lh-convert convert`")
+    settings, kernel_config = _settings_from_items(tuple(sorted(
+        (k, tuple(v) if isinstance(v, list) else v) for k, v in stored.items())))
+    dense = module.layer_idx in settings.dense_layer_set(module.config.num_hidden_layers)
+    plan = (dense, kernel_config)
+    module.__dict__[_PLAN] = plan
+    return plan
+
+
+def _count(module: torch.nn.Module, path: str) -> None:
+    # Compiled code skips the count: a Python side effect keyed by the layer index would make
+    # every layer compile separately. The probe runs eagerly, before any compilation.
+    if not torch.compiler.is_compiling():
+        CALLS.add(module.layer_idx, path)
 
 
 def register() -> None:

@@ -1,9 +1,11 @@
 """End-to-end training throughput (BENCH.md): tokens/s per GPU of a full training step.
 
 A randomly initialised Llama shaped like the paper's 367M model (d=1024, 30 layers, 8 heads of
-128, FFN 1536, vocab 49152), bf16 autocast over float32 master weights, fused AdamW, activation
-checkpointing, chunked LM-head loss, B=1. The Lighthouse stage (first two and last two layers
-dense) against dense SDPA in every layer (which is also the recovery stage's step).
+128, FFN 1536, vocab 49152) or SmolLM2-135M's, bf16 autocast over float32 master weights,
+fused AdamW, activation checkpointing (selective by default: the attention kernels' outputs
+are kept), optionally ``torch.compile`` of every decoder layer, chunked LM-head loss, B=1.
+The Lighthouse stage (first two and last two layers dense) against dense SDPA in every layer
+(which is also the recovery stage's step), both wrapped the same way.
 """
 
 from __future__ import annotations
@@ -19,22 +21,30 @@ import torch
 from .attention import ATTENTION_NAME, LighthouseSettings, probe
 from .errors import LhConvertError
 from .loss import CausalLMLoss
-from .runs import enable_activation_checkpointing
+from .checkpointing import wrap_decoder_layers
 
 PAPER_SHAPE = dict(hidden_size=1024, num_hidden_layers=30, num_attention_heads=8,
                    num_key_value_heads=8, head_dim=128, intermediate_size=1536, vocab_size=49152)
+SMOLLM2_SHAPE = dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                     num_key_value_heads=3, head_dim=64, intermediate_size=1536, vocab_size=49152,
+                     tie_word_embeddings=True)
+SHAPES = {"paper-367m": PAPER_SHAPE, "smollm2-135m": SMOLLM2_SHAPE}
 
 
 @dataclass(frozen=True)
 class TrainBenchRow:
     n: int
     mode: str
+    shape: str
+    checkpointing: str
+    compile: bool
     tokens_per_s: float
     step_s: float
     peak_gib: float
 
 
-def _model(*, lighthouse: bool, n: int, shape: dict, device: str) -> torch.nn.Module:
+def _model(*, lighthouse: bool, n: int, shape: dict, device: str, checkpointing: str,
+           compile: bool) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     config = LlamaConfig(**shape, max_position_embeddings=n, rope_parameters={
@@ -47,18 +57,23 @@ def _model(*, lighthouse: bool, n: int, shape: dict, device: str) -> torch.nn.Mo
     model = AutoModelForCausalLM.from_config(config, attn_implementation=ATTENTION_NAME,
                                              dtype=torch.float32).to(device)
     probe(model, expect_lighthouse=lighthouse)
-    enable_activation_checkpointing(model)
+    model.config.use_cache = False
+    wrap_decoder_layers(model, checkpointing=checkpointing, compile=compile)
     return model
 
 
-def bench_step(*, n: int, lighthouse: bool, shape: dict = PAPER_SHAPE, steps: int = 4,
-               warmup: int = 2, device: str = "cuda") -> TrainBenchRow:
+def bench_step(*, n: int, lighthouse: bool, shape: str = "paper-367m", steps: int = 4,
+               warmup: int = 2, device: str = "cuda", checkpointing: str = "selective",
+               compile: bool = False) -> TrainBenchRow:
+    torch._dynamo.reset()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    model = _model(lighthouse=lighthouse, n=n, shape=shape, device=device)
+    dims = SHAPES[shape]
+    model = _model(lighthouse=lighthouse, n=n, shape=dims, device=device,
+                   checkpointing=checkpointing, compile=compile)
     wrapper = CausalLMLoss(model, chunk=4096)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    ids = torch.randint(0, shape["vocab_size"], (1, n), device=device)
+    ids = torch.randint(0, dims["vocab_size"], (1, n), device=device)
     times = []
     for index in range(warmup + steps):
         torch.cuda.synchronize()
@@ -77,19 +92,23 @@ def bench_step(*, n: int, lighthouse: bool, shape: dict = PAPER_SHAPE, steps: in
     step = sorted(times)[len(times) // 2]
     peak = torch.cuda.max_memory_allocated() / 2**30
     del model, wrapper, optimizer
-    return TrainBenchRow(n=n, mode="lighthouse" if lighthouse else "dense", tokens_per_s=n / step,
+    return TrainBenchRow(n=n, mode="lighthouse" if lighthouse else "dense", shape=shape,
+                         checkpointing=checkpointing, compile=compile, tokens_per_s=n / step,
                          step_s=step, peak_gib=peak)
 
 
-def run_train_benchmark(*, lengths: list[int], out_dir: Path, echo: Callable[[str], None]
-                        ) -> list[TrainBenchRow]:
+def run_train_benchmark(*, lengths: list[int], out_dir: Path, echo: Callable[[str], None],
+                        shape: str = "paper-367m", checkpointing: str = "selective",
+                        compile: bool = False) -> list[TrainBenchRow]:
     if not torch.cuda.is_available():
         raise LhConvertError("the training benchmark needs a CUDA GPU; run it on a GPU machine")
     rows = []
+    echo(f"shape {shape}, checkpointing {checkpointing}, compile {compile}")
     echo(f"{'N':>8} {'mode':>11} {'tok/s':>9} {'step s':>8} {'peak GiB':>9}")
     for n in lengths:
         for lighthouse in (False, True):
-            row = bench_step(n=n, lighthouse=lighthouse)
+            row = bench_step(n=n, lighthouse=lighthouse, shape=shape,
+                             checkpointing=checkpointing, compile=compile)
             rows.append(row)
             echo(f"{row.n:>8} {row.mode:>11} {row.tokens_per_s:>9.0f} {row.step_s:>8.2f} "
                  f"{row.peak_gib:>9.1f}")
@@ -97,7 +116,7 @@ def run_train_benchmark(*, lengths: list[int], out_dir: Path, echo: Callable[[st
         echo(f"{n:>8} {'ratio':>11} {light.tokens_per_s / dense.tokens_per_s:>8.2f}x")
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(0),
-              "torch": torch.__version__, "shape": PAPER_SHAPE, "rows": [asdict(r) for r in rows]}
+              "torch": torch.__version__, "shape": SHAPES[shape], "rows": [asdict(r) for r in rows]}
     (out_dir / "bench_train.json").write_text(json.dumps(record, indent=2))
     echo(json.dumps(record))
     return rows

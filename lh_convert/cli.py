@@ -304,27 +304,40 @@ def bench() -> None:
 @click.option("--topk", default="2048,n/64", help="Budgets k; n/64 is the paper's setting.")
 @click.option("--out", default="bench-results", type=click.Path(path_type=Path),
               help="Folder for bench_attention.json and bench_attention.png.")
-def bench_attention(lengths: str, topk: str, out: Path) -> None:
+@click.option("--levels", default=3, show_default=True, help="Pyramid levels L.")
+@click.option("--pooling", default=4, show_default=True, help="Pooling factor p.")
+@click.option("--deterministic", is_flag=True,
+              help="Run under torch.use_deterministic_algorithms(True) (bit-identical dQ too).")
+def bench_attention(lengths: str, topk: str, out: Path, levels: int, pooling: int,
+                    deterministic: bool) -> None:
     """One layer, B=1, H=8, D=128, bf16: Lighthouse vs dense causal SDPA, fwd and fwd+bwd."""
     from .bench_attention import run_benchmark
     from .surgery import parse_context
 
     topks = [t.strip() if t.strip() == "n/64" else int(t) for t in topk.split(",")]
     run_benchmark(lengths=[parse_context(n) for n in lengths.split(",")], topks=topks,
-                  out_dir=out, echo=click.echo)
+                  out_dir=out, echo=click.echo, levels=levels, pooling=pooling,
+                  deterministic=deterministic)
 
 
 @bench.command("train", epilog="Example: lh-convert bench train --lengths 32k,64k,128k")
 @click.option("--lengths", default="32k,64k,128k", help="Sequence lengths N.")
 @click.option("--out", default="bench-results", type=click.Path(path_type=Path),
               help="Folder for bench_train.json.")
-def bench_train(lengths: str, out: Path) -> None:
-    """Training-step tokens/s and peak memory, Lighthouse stage vs dense, 367M paper-shaped Llama."""
+@click.option("--shape", default="paper-367m", type=click.Choice(["paper-367m", "smollm2-135m"]),
+              help="Model shape (randomly initialised).")
+@click.option("--checkpointing", default="selective", type=click.Choice(["selective", "full", "none"]),
+              help="Activation checkpointing of the decoder layers.")
+@click.option("--compile/--no-compile", "compile_layers", default=True,
+              help="torch.compile every decoder layer.")
+def bench_train(lengths: str, out: Path, shape: str, checkpointing: str, compile_layers: bool) -> None:
+    """Training-step tokens/s and peak memory, Lighthouse stage vs dense."""
     from .bench_train import run_train_benchmark
     from .surgery import parse_context
 
     run_train_benchmark(lengths=[parse_context(n) for n in lengths.split(",")], out_dir=out,
-                        echo=click.echo)
+                        echo=click.echo, shape=shape, checkpointing=checkpointing,
+                        compile=compile_layers)
 
 
 if __name__ == "__main__":

@@ -48,13 +48,3 @@ def load_run_model(run_dir: Path, *, lighthouse: bool, dtype: torch.dtype | None
     model.to(device)
     return model, manifest, probe(model, expect_lighthouse=lighthouse)
 
-
-def enable_activation_checkpointing(model: PreTrainedModel) -> None:
-    """Non-reentrant activation checkpointing of every decoder layer, by transformers' own
-    switch (``activation_checkpointing_enable`` from 5.2x, ``gradient_checkpointing_enable``
-    before)."""
-    options = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)

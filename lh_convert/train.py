@@ -32,7 +32,8 @@ from .errors import LhConvertError
 from .loss import CausalLMLoss
 from .manifest import read_manifest
 from .recipes import Recipe
-from .runs import enable_activation_checkpointing, load_run_model
+from .checkpointing import wrap_decoder_layers
+from .runs import load_run_model
 from .train_state import (
     TrainState,
     latest_checkpoint,
@@ -176,9 +177,8 @@ def run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env:
     if env.main:
         echo(f"attention probe: {report.summary()}" if stage == LIGHTHOUSE_STAGE else
              f"attention probe: all {manifest.num_layers} layers dense (recovery stage)")
-    if train.activation_checkpointing:
-        enable_activation_checkpointing(model)
     model.config.use_cache = False
+    wrap_decoder_layers(model, checkpointing=train.activation_checkpointing, compile=train.compile)
     sharded = env.world > 1
     wrapper = CausalLMLoss(model, chunk=train.loss_chunk)
     if sharded:
@@ -195,7 +195,6 @@ def run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env:
             echo(f"resumed from {checkpoint.name} (stage {loaded.state.stage}, step {start})")
     if env.main:
         _truncate_metrics(run_dir, after_step=start)
-    step_model = torch.compile(wrapper) if train.compile else wrapper
 
     corpus = tokenize_corpus(spec=data, tokenizer=_tokenizer(run_dir), cache_dir=cache_dir() / "tokens",
                              progress=progress and env.main)
@@ -243,7 +242,7 @@ def run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env:
                 ids = next(batches).to(env.device)
                 data_step += 1
                 with _autocast(recipe, env, sharded):
-                    loss, _ = step_model(ids)
+                    loss, _ = wrapper(ids)
                 (loss / train.grad_accum).backward()
                 step_loss += loss.detach() / train.grad_accum
             if sharded:
@@ -272,7 +271,7 @@ def run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env:
                 bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}",
                                 tok_s=f"{record['tokens_per_s']:.0f}")
             if step % train.eval_every == 0 or step == last_step:
-                val, late = _evaluate(step_model, validation, recipe=recipe, env=env, sharded=sharded)
+                val, late = _evaluate(wrapper, validation, recipe=recipe, env=env, sharded=sharded)
                 if env.main:
                     _append_metrics(run_dir, {"kind": "eval", "stage": stage, "step": step,
                                               "val_loss": val, "val_late_loss": late})
