@@ -131,7 +131,8 @@ def export(run: Path, out: Path, verify: bool, push_to_hub: str | None, private:
 
 
 def _recipe_from_flags(recipe: str | None, model: str | None, ctx: str | None, steps: int | None,
-                       lr: float | None, grad_accum: int | None, micro_batch_size: int | None):
+                       lr: float | None, grad_accum: int | None, micro_batch_size: int | None,
+                       cp: int | None = None):
     from .recipes import Recipe, load_recipe
 
     if recipe is not None:
@@ -142,8 +143,14 @@ def _recipe_from_flags(recipe: str | None, model: str | None, ctx: str | None, s
     else:
         chosen = Recipe(name="custom", description="command-line settings", model=model, ctx=ctx)
     chosen = chosen.with_train(stage1_steps=steps, lr=lr, grad_accum=grad_accum,
-                               micro_batch_size=micro_batch_size)
+                               micro_batch_size=micro_batch_size, cp=cp)
     return dataclasses.replace(chosen, model=model or chosen.model, ctx=ctx or chosen.ctx)
+
+
+_CP_OPTION = click.option(
+    "--cp", type=int, default=None, show_default="the recipe's cp, 1",
+    help="Context parallelism: processes that split one sequence (docs/context_parallel.md); "
+         "under torchrun, world/cp data-parallel replicas.")
 
 
 def _training_options(function):
@@ -158,6 +165,7 @@ def _training_options(function):
         click.option("--lr", type=float, default=None, help="Peak learning rate."),
         click.option("--grad-accum", type=int, default=None, help="Gradient accumulation steps."),
         click.option("--micro-batch-size", type=int, default=None, help="Sequences per micro-batch."),
+        _CP_OPTION,
         click.option("--dry-run", is_flag=True, help="Print the plan and exit without training."),
     ]):
         function = option(function)
@@ -165,18 +173,19 @@ def _training_options(function):
 
 
 @main.command(epilog="Example: lh-convert extend --recipe smollm2-135m-64k --out runs/smollm2-64k\n"
-                     "Several GPUs: torchrun --nproc-per-node 8 -m lh_convert.cli extend ...")
+                     "Several GPUs: torchrun --nproc-per-node 8 -m lh_convert.cli extend ... "
+                     "[--cp 4 for dp=2 x cp=4]")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Run folder (created, or resumed when it exists).")
 @_training_options
 def extend(out: Path, recipe: str | None, model: str | None, ctx: str | None, data: tuple[str, ...],
            steps: int | None, lr: float | None, grad_accum: int | None,
-           micro_batch_size: int | None, dry_run: bool) -> None:
+           micro_batch_size: int | None, cp: int | None, dry_run: bool) -> None:
     """Convert (if needed) and train stage 1 with Lighthouse; re-run to resume."""
     from .data import DataSpec
     from .stages import extend as run_extend
 
-    chosen = _recipe_from_flags(recipe, model, ctx, steps, lr, grad_accum, micro_batch_size)
+    chosen = _recipe_from_flags(recipe, model, ctx, steps, lr, grad_accum, micro_batch_size, cp)
     if dry_run:
         _print_plan(chosen)
         return
@@ -192,8 +201,9 @@ def extend(out: Path, recipe: str | None, model: str | None, ctx: str | None, da
 @click.option("--run", "run", required=True, type=click.Path(path_type=Path), help="Run folder.")
 @click.option("--steps", type=int, default=None,
               help="Recovery steps (default: the recipe's recovery_fraction of stage 1, 0.4).")
+@_CP_OPTION
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit without training.")
-def recover(run: Path, steps: int | None, dry_run: bool) -> None:
+def recover(run: Path, steps: int | None, cp: int | None, dry_run: bool) -> None:
     """Dense recovery stage: same weights and optimizer state, dense SDPA in every layer."""
     from .stages import RECIPE_RECORD, read_record
     from .stages import recover as run_recover
@@ -204,7 +214,7 @@ def recover(run: Path, steps: int | None, dry_run: bool) -> None:
             raise LhConvertError(f"{run} has no {RECIPE_RECORD}; run `lh-convert extend` first")
         _print_plan(recorded[0])
         return
-    result = run_recover(run=run, steps=steps, echo=click.echo)
+    result = run_recover(run=run, steps=steps, cp=cp, echo=click.echo)
     click.echo(f"recovery: {result.steps_run} steps in {result.seconds:.0f}s, now at step "
                f"{result.final_step}; export with `lh-convert export --run {run} --out DIR`")
 
@@ -213,9 +223,9 @@ def recover(run: Path, steps: int | None, dry_run: bool) -> None:
 @_training_options
 def plan(recipe: str | None, model: str | None, ctx: str | None, data: tuple[str, ...],
          steps: int | None, lr: float | None, grad_accum: int | None,
-         micro_batch_size: int | None, dry_run: bool) -> None:
+         micro_batch_size: int | None, cp: int | None, dry_run: bool) -> None:
     """Print what training would do: parameters, RoPE, S vs N, memory and time estimates."""
-    _print_plan(_recipe_from_flags(recipe, model, ctx, steps, lr, grad_accum, micro_batch_size))
+    _print_plan(_recipe_from_flags(recipe, model, ctx, steps, lr, grad_accum, micro_batch_size, cp))
 
 
 def _print_plan(recipe) -> None:

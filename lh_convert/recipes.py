@@ -29,6 +29,8 @@ class TrainSettings:
     ``--steps`` (default 0.4: the paper ran 4k-6k recovery steps after 10k-12k).
     The learning-rate schedule spans both stages: warmup, then decay over
     ``stage1_steps + recovery steps`` to ``lr * min_lr_ratio``.
+    ``cp``: context-parallel degree, the processes that split one sequence
+    (``docs/context_parallel.md``); all processes form a (world/cp) x cp mesh.
     """
 
     micro_batch_size: int = 1
@@ -52,6 +54,7 @@ class TrainSettings:
     eval_every: int = 100
     eval_batches: int = 2
     seed: int = 0
+    cp: int = 1
 
     @property
     def recovery_steps(self) -> int:
@@ -63,7 +66,7 @@ class TrainSettings:
 
     def problem(self) -> str | None:
         positive = ("micro_batch_size", "grad_accum", "stage1_steps", "loss_chunk",
-                    "checkpoint_every", "keep_checkpoints", "eval_every", "eval_batches")
+                    "checkpoint_every", "keep_checkpoints", "eval_every", "eval_batches", "cp")
         for name in positive:
             if getattr(self, name) < 1:
                 return f"{name}={getattr(self, name)}: needs an integer >= 1"
@@ -83,6 +86,9 @@ class TrainSettings:
             return f"beta1={self.beta1}, beta2={self.beta2}: need values in [0, 1)"
         if self.grad_clip <= 0:
             return f"grad_clip={self.grad_clip}: needs a value > 0 (try 1.0)"
+        if self.cp > 1 and self.compile:
+            return (f"cp={self.cp} with compile=true: context parallelism runs eagerly; "
+                    f"set compile = false")
         return None
 
 

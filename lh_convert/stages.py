@@ -88,9 +88,13 @@ def _merge_resume(recorded: tuple[Recipe, DataSpec], recipe: Recipe, data: DataS
     return recipe, old_data
 
 
-def recover(*, run: Path, steps: int | None, echo: Callable[[str], None],
+def recover(*, run: Path, steps: int | None, echo: Callable[[str], None], cp: int | None = None,
             progress: bool = True, stop_after: int | None = None) -> StageResult:
-    """Stage 2 (dense recovery): same weights, same optimizer state, dense SDPA everywhere."""
+    """Stage 2 (dense recovery): same weights, same optimizer state, dense SDPA everywhere.
+
+    ``cp`` overrides the recorded context-parallel degree (it changes no result, only the
+    split of each sequence over processes).
+    """
     env = init_distributed()
     recorded = read_record(run)
     if recorded is None:
@@ -104,5 +108,6 @@ def recover(*, run: Path, steps: int | None, echo: Callable[[str], None],
         recipe = recipe.with_train(recovery_fraction=steps / recipe.train.stage1_steps)
         if env.main:
             _write_record(run, recipe, data)
+    recipe = recipe.with_train(cp=cp)
     return run_stage(run_dir=run, recipe=recipe, stage=DENSE_STAGE, data=data, env=env,
                      echo=echo, progress=progress, stop_after=stop_after)
