@@ -16,7 +16,7 @@ Both arms run the same two commands (`lh-convert extend`, then `lh-convert recov
 recipe, seed, data order and learning-rate schedule; the dense arm's recipe lists every layer
 in `dense_layers`, so its "stage 1" is dense SDPA too and its switch changes nothing.
 Everything lives under `.rep/` (ignored by git), which a warm device machine keeps between calls.
-`--rehearsal` runs the same steps at CPU scale (2K context, a few steps) under `.rep/rehearsal/`.
+`--rehearsal` runs the same steps at CPU scale (512 context, 2 steps) under `.rep/rehearsal/`.
 """
 
 from __future__ import annotations
@@ -250,7 +250,7 @@ def budget(args: argparse.Namespace) -> tuple[int, int]:
 
 
 def rope(args: argparse.Namespace) -> str:
-    """theta (the NTK-aware base increase); none in a rehearsal, whose 2K is within SmolLM2's 8K."""
+    """theta (the NTK-aware base increase); none in a rehearsal, whose 512 is within SmolLM2's 8K."""
     return "none" if args.rehearsal else "theta"
 
 
@@ -259,8 +259,8 @@ def write_recipe(layout: Layout, args: argparse.Namespace, arm: str) -> Path:
     ones in a rehearsal), the budget knobs, and for `dense` every one of the 30 layers dense."""
     stage1, recovery = budget(args)
     if args.rehearsal:
-        lighthouse = {"levels": 2, "pooling": 4, "topk": 256, "tile": 128}
-        train = {"precision": "fp32", "loss_chunk": 1024, "activation_checkpointing": False}
+        lighthouse = {"levels": 2, "pooling": 4, "topk": 128, "tile": 64}
+        train = {"precision": "fp32", "loss_chunk": 512, "activation_checkpointing": False}
     else:
         lighthouse = {"levels": 3, "pooling": 4, "topk": 2048, "tile": 128}
         train = {"precision": "bf16", "loss_chunk": 4096, "activation_checkpointing": True}
@@ -295,12 +295,12 @@ def step_arm(layout: Layout, args: argparse.Namespace, arm: str) -> None:
 
 def step_eval(layout: Layout, args: argparse.Namespace) -> None:
     """Make the two untrained models, then evaluate every model in `--models`."""
-    original_ctx = "2048" if args.rehearsal else "8k"
+    original_ctx = args.ctx if args.rehearsal else "8k"
     made = {"original": ("--ctx", original_ctx, "--rope", "none"), "rope-only": ("--ctx", args.ctx, "--rope", rope(args))}
     for name in args.models.split(","):
         folder = layout.runs / name
         if name in made and not (folder / "manifest.json").is_file():
-            extra = ("--levels", "2", "--topk", "256") if args.rehearsal else ()
+            extra = ("--levels", "2", "--topk", "128", "--tile", "64") if args.rehearsal else ()
             run(layout, "eval", cli("convert", "--model", MODEL, "--out", str(folder),
                                     *made[name], *extra))
         if not folder.is_dir():
@@ -418,14 +418,14 @@ def main() -> None:
     parser.add_argument("steps_to_run", nargs="+", metavar="STEP", choices=sorted(STEPS),
                         help="one or more of: " + ", ".join(STEPS))
     parser.add_argument("--rehearsal", action="store_true",
-                        help="CPU scale: 2K context, 4 steps, small eval, under .rep/rehearsal")
+                        help="CPU scale: 512 context, 2 steps, small eval, under .rep/rehearsal")
     parser.add_argument("--steps", type=int, default=None,
-                        help="total optimizer steps of each arm [80; rehearsal 4]")
+                        help="total optimizer steps of each arm [80; rehearsal 2]")
     parser.add_argument("--lighthouse-fraction", type=float, default=0.75,
                         help="share of the steps the lighthouse arm trains with Lighthouse")
     parser.add_argument("--grad-accum", type=int, default=None,
                         help="sequences per step (micro-batch 1) [2; rehearsal 1]")
-    parser.add_argument("--ctx", default=None, help="target context [64k; rehearsal 2048]")
+    parser.add_argument("--ctx", default=None, help="target context [64k; rehearsal 512]")
     parser.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
     parser.add_argument("--warmup", type=int, default=None, help="warmup steps [5; rehearsal 1]")
     parser.add_argument("--eval-every", type=int, default=None,
@@ -436,7 +436,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help="models the eval step evaluates")
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--eval-lengths", default=None,
-                        help="eval prompt lengths [8k,16k,32k,64k; rehearsal 1k,2k]")
+                        help="eval prompt lengths [8k,16k,32k,64k; rehearsal 256,512]")
     parser.add_argument("--eval-samples", type=int, default=1,
                         help="long-context rows per (length, depth) cell")
     parser.add_argument("--windows", type=int, default=6,
@@ -448,9 +448,9 @@ def main() -> None:
     args = parser.parse_args()
     sys.path[:0] = [str(REPO), str(REP / "site")]
     small = args.rehearsal
-    for name, real, rehearsal in (("steps", 80, 4), ("grad_accum", 2, 1), ("ctx", "64k", "2048"),
+    for name, real, rehearsal in (("steps", 80, 2), ("grad_accum", 2, 1), ("ctx", "64k", "512"),
                                   ("warmup", 5, 1), ("eval_every", 5, 1),
-                                  ("eval_lengths", "8k,16k,32k,64k", "1k,2k")):
+                                  ("eval_lengths", "8k,16k,32k,64k", "256,512")):
         if getattr(args, name) is None:
             setattr(args, name, rehearsal if small else real)
     if small and args.windows == 6:

@@ -84,7 +84,7 @@ def _plot(root: Path, out: Path, stage1: int, tokens_per_step: int | None) -> li
         switch = stage1 * tokens_per_step / 1e6 if tokens_per_step else stage1
         ax.axvline(switch, color="grey", ls=":", label="lighthouse -> dense recovery")
         ax.set(xlabel="training tokens (millions)" if tokens_per_step else "step",
-               ylabel="loss (nats/token)", title=f"{title}, 64K sequences")
+               ylabel="loss (nats/token)", title=f"{title} (stage 1 of the lighthouse arm: with Lighthouse attention)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
