@@ -109,11 +109,21 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous)
 
 
+def check_length(n: int, config: LighthouseConfig, *, cap: int = 32768) -> int:
+    """The longest length <= ``cap`` (bounding the float32 reference's memory) at which
+    Lighthouse runs with ``config`` (no fallback), or ``n`` itself when there is none."""
+    step = config.coarsest_window * config.num_tiles
+    candidate = min(n, cap) // step * step
+    while candidate >= config.min_length():
+        if config.length_problem(candidate) is None:
+            return candidate
+        candidate -= step
+    return n
+
+
 def bench_length(*, n: int, config: LighthouseConfig, heads: int = 8, dim: int = 128,
                  device: str = "cuda", check: bool = True) -> BenchRow:
-    # Check at the shortest length these parameters allow (>= 32K), to bound the float32
-    # reference's memory; Lighthouse must really run there, not fall back.
-    check_n = max(min(n, 32768), config.min_length())
+    check_n = check_length(n, config)
     err, dq_deterministic = check_against_reference(
         n=check_n, config=config, heads=heads, dim=dim, device=device) if check else (float("nan"), None)
     q, k, v, grad = (torch.randn(1, heads, n, dim, device=device, dtype=torch.bfloat16)

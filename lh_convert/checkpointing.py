@@ -9,10 +9,10 @@ Modes:
 
 - ``"full"``: keep only each layer's input; recompute the whole layer in the backward.
 - ``"selective"``: like full, but keep the outputs of the attention kernels (SDPA's output
-  and log-sum-exp, the Lighthouse scores and selection) from the forward, so the backward
-  recomputes only the cheap rest (projections, norms, RoPE, gathers, MLP). At 64K tokens
-  that is 128 MiB more per dense layer for the paper's 367M shape, and much less per
-  Lighthouse layer, whose SDPA runs on the selected ``S`` entries only.
+  and log-sum-exp; Lighthouse's scores, selection and gathered Q, K, V) from the forward, so
+  the backward recomputes only the cheap rest (projections, norms, RoPE, MLP, scatter-back).
+  For the paper's 367M shape at 64K tokens that is 128 MiB more per dense layer and about
+  170 MiB per Lighthouse layer (its SDPA runs on the ``S`` = 20480 selected entries).
 - ``"none"``: no checkpointing.
 
 A wrapped layer's state-dict keys gain ``_checkpoint_wrapped_module`` / ``_orig_mod``
@@ -39,7 +39,8 @@ def _saved_ops() -> frozenset:
              "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu")
     ops = {getattr(torch.ops.aten, name).default for name in names if hasattr(torch.ops.aten, name)}
     importlib.import_module("lighthouse_kernels")  # registers the lighthouse:: custom ops
-    ops |= {torch.ops.lighthouse.scores.default, torch.ops.lighthouse.select.default}
+    ops |= {torch.ops.lighthouse.scores.default, torch.ops.lighthouse.select.default,
+            torch.ops.lighthouse.gather_pool.default}
     return frozenset(ops)
 
 

@@ -2,22 +2,72 @@
 
 At 64K tokens and a 49K vocabulary, float32 logits take 12.9 GB per copy; the model's own
 ``labels=`` path materialises them (and their gradient) for the whole sequence. Here the LM
-head runs on ``chunk`` positions at a time inside activation checkpointing, so the forward
-keeps only the hidden states and the backward recomputes one chunk's logits at a time.
+head runs on ``chunk`` positions at a time. When gradients are needed, each chunk's
+gradients (for the hidden states, the head's weight and bias) are computed right in the
+forward, while its logits exist, and kept until the backward scales them by the incoming
+gradient: the loss is a plain sum, so its gradient is known up to that one scalar. That
+costs one hidden-sized and one head-sized buffer, and saves recomputing every chunk's
+logits in the backward (a quarter of the LM head's matrix work, and its softmax).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
+
+
+IGNORE = -100
 
 
 def _chunk_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     labels: torch.Tensor) -> torch.Tensor:
     logits = F.linear(hidden, weight, bias).float()
     return F.cross_entropy(logits.flatten(0, -2), labels.flatten(), reduction="sum",
-                           ignore_index=-100)
+                           ignore_index=IGNORE)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Sum of next-token cross-entropy of ``hidden @ weight.T + bias`` over chunks of rows,
+    with its gradients computed in the forward (see the module docstring).
+
+    hidden: ``[T, d]``; labels: ``[T]`` (``IGNORE`` rows count for nothing).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                labels: torch.Tensor, chunk: int) -> torch.Tensor:
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None else None
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, hidden.shape[0], chunk):
+            rows, target = hidden[start:start + chunk], labels[start:start + chunk]
+            logits = F.linear(rows, weight, bias).float()
+            valid = target != IGNORE
+            safe = target.clamp_min(0).unsqueeze(1)
+            log_norm = torch.logsumexp(logits, dim=1)
+            total += ((log_norm - logits.gather(1, safe).squeeze(1)) * valid).sum()
+            # d(sum of losses)/d(logits) = softmax - one_hot, zero on ignored rows.
+            grad_logits = torch.exp(logits - log_norm.unsqueeze(1))
+            grad_logits.scatter_add_(1, safe, -torch.ones_like(safe, dtype=grad_logits.dtype))
+            grad_logits = (grad_logits * valid.unsqueeze(1)).to(rows.dtype)
+            # F.linear, like the forward's, so autocast runs these in bf16 too.
+            grad_hidden[start:start + chunk] = F.linear(grad_logits, weight.t()).to(hidden.dtype)
+            grad_weight += F.linear(grad_logits.t(), rows.t()).float()
+            if grad_bias is not None:
+                grad_bias += grad_logits.sum(0).float()
+        ctx.save_for_backward(grad_hidden, grad_weight,
+                              grad_bias if grad_bias is not None else grad_weight.new_empty(0))
+        ctx.has_bias = bias is not None
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: torch.Tensor):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        bias_grad = (grad_bias * grad_total).to(ctx.weight_dtype) if ctx.has_bias else None
+        return (grad_hidden * grad_total.to(grad_hidden.dtype),
+                (grad_weight * grad_total).to(ctx.weight_dtype), bias_grad, None, None)
 
 
 def chunked_next_token_loss(hidden: torch.Tensor, lm_head: torch.nn.Linear, input_ids: torch.Tensor,
@@ -27,20 +77,17 @@ def chunked_next_token_loss(hidden: torch.Tensor, lm_head: torch.nn.Linear, inpu
     hidden: ``[B, N, d]`` final hidden states; input_ids: ``[B, N]``. Position ``t`` predicts
     token ``t + 1``; the last position has no target. Returns ``(loss_sum, num_targets)``.
     """
-    targets = input_ids[:, 1:]
-    hidden = hidden[:, :-1]
+    targets = input_ids[:, first_position + 1:]
+    hidden = hidden[:, first_position:-1]
+    if torch.is_grad_enabled():
+        total = _LinearCrossEntropy.apply(hidden.flatten(0, 1), lm_head.weight, lm_head.bias,
+                                          targets.flatten(), chunk)
+        return total, targets.numel()
     total = hidden.new_zeros((), dtype=torch.float32)
-    count = 0
-    for start in range(first_position, hidden.shape[1], chunk):
-        end = min(start + chunk, hidden.shape[1])
-        part = hidden[:, start:end]
-        if torch.is_grad_enabled():
-            total = total + checkpoint(_chunk_loss_sum, part, lm_head.weight, lm_head.bias,
-                                       targets[:, start:end], use_reentrant=False)
-        else:
-            total = total + _chunk_loss_sum(part, lm_head.weight, lm_head.bias, targets[:, start:end])
-        count += targets[:, start:end].numel()
-    return total, count
+    for start in range(0, hidden.shape[1], chunk):
+        total = total + _chunk_loss_sum(hidden[:, start:start + chunk], lm_head.weight,
+                                        lm_head.bias, targets[:, start:start + chunk])
+    return total, targets.numel()
 
 
 def causal_lm_loss(model: torch.nn.Module, input_ids: torch.Tensor, *, chunk: int,

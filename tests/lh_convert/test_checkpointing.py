@@ -93,8 +93,11 @@ def test_selective_checkpointing_does_not_recompute_attention(reference) -> None
         _loss_and_grads(model, ids, counter)
         executed[mode] = counter.counts
     select, sdpa = torch.ops.lighthouse.select.default, _attention_ops(executed["full"])
+    gather = torch.ops.lighthouse.gather_pool.default
     assert executed["full"][select] == 4        # 2 Lighthouse layers, forward + recompute
     assert executed["selective"][select] == 2   # forward only
+    assert executed["full"][gather] == 12       # Q, K and V of 2 layers, twice
+    assert executed["selective"][gather] == 6
     assert sum(executed["full"][op] for op in sdpa) == 8          # 4 layers, twice
     assert sum(executed["selective"][op] for op in sdpa) == 4
 

@@ -33,3 +33,27 @@ def test_chunked_loss_matches_transformers(chunk: int, tied: bool) -> None:
                                                       reduction="none").view(2, -1)
     first = int(129 * 0.75)
     assert torch.allclose(late, per_token[:, first:].mean(), atol=1e-6)
+
+
+def test_fused_gradients_match_recomputed_ones_under_bf16_autocast() -> None:
+    """The training path (gradients computed in the forward) against plain autograd through
+    the same chunked loss, in bf16 autocast as training runs it; ignored labels included."""
+    from lh_convert.loss import _chunk_loss_sum, _LinearCrossEntropy
+
+    torch.manual_seed(0)
+    hidden, weight, bias = (torch.randn(*shape, requires_grad=True)
+                            for shape in ((300, 64), (97, 64), (97,)))
+    labels = torch.randint(0, 97, (300,))
+    labels[::7] = -100
+    results = []
+    for loss_sum in (lambda: _LinearCrossEntropy.apply(hidden, weight, bias, labels, 64),
+                     lambda: _chunk_loss_sum(hidden, weight, bias, labels)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            total = loss_sum()
+        (0.5 * total).backward()
+        results.append([total.detach()] + [t.grad.clone() for t in (hidden, weight, bias)])
+        for tensor in (hidden, weight, bias):
+            tensor.grad = None
+    for got, want in zip(*results):
+        assert got.dtype == want.dtype
+        assert (got - want).abs().max() <= 5e-3 * want.abs().max()
