@@ -1,8 +1,8 @@
 """End-to-end training throughput (BENCH.md): tokens/s per GPU of a full training step.
 
 A randomly initialised Llama shaped like the paper's 367M model (d=1024, 30 layers, 8 heads of
-128, FFN 1536, vocab 49152) or SmolLM2-135M's, bf16 autocast over float32 master weights,
-fused AdamW, activation checkpointing (selective by default: the attention kernels' outputs
+128, FFN 1536, vocab 49152) or SmolLM2-135M's, float32 master weights computed in bf16
+(FSDP2's mixed precision on one GPU, as training does; or bf16 autocast), fused AdamW, activation checkpointing (selective by default: the attention kernels' outputs
 are kept), optionally ``torch.compile`` of every decoder layer, chunked LM-head loss, B=1.
 The Lighthouse stage (first two and last two layers dense) against dense SDPA in every layer
 (which is also the recovery stage's step), both wrapped the same way.
@@ -21,6 +21,7 @@ import torch
 from .attention import ATTENTION_NAME, LighthouseSettings, probe
 from .errors import LhConvertError
 from .loss import CausalLMLoss
+from .train import fsdp_shard, init_distributed
 from .checkpointing import wrap_decoder_layers
 
 PAPER_SHAPE = dict(hidden_size=1024, num_hidden_layers=30, num_attention_heads=8,
@@ -38,6 +39,7 @@ class TrainBenchRow:
     shape: str
     checkpointing: str
     compile: bool
+    fsdp: bool
     tokens_per_s: float
     step_s: float
     peak_gib: float
@@ -64,21 +66,24 @@ def _model(*, lighthouse: bool, n: int, shape: dict, device: str, checkpointing:
 
 def bench_step(*, n: int, lighthouse: bool, shape: str = "paper-367m", steps: int = 4,
                warmup: int = 2, device: str = "cuda", checkpointing: str = "selective",
-               compile: bool = False) -> TrainBenchRow:
+               compile: bool = False, fsdp: bool = True) -> TrainBenchRow:
     torch._dynamo.reset()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     dims = SHAPES[shape]
     model = _model(lighthouse=lighthouse, n=n, shape=dims, device=device,
                    checkpointing=checkpointing, compile=compile)
-    wrapper = CausalLMLoss(model, chunk=4096)
+    wrapper = CausalLMLoss(model, chunk=4096, compiled=compile)
+    if fsdp:
+        init_distributed()
+        fsdp_shard(wrapper, precision="bf16")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     ids = torch.randint(0, dims["vocab_size"], (1, n), device=device)
     times = []
     for index in range(warmup + steps):
         torch.cuda.synchronize()
         tick = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=not fsdp):
             loss, _ = wrapper(ids)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -93,22 +98,24 @@ def bench_step(*, n: int, lighthouse: bool, shape: str = "paper-367m", steps: in
     peak = torch.cuda.max_memory_allocated() / 2**30
     del model, wrapper, optimizer
     return TrainBenchRow(n=n, mode="lighthouse" if lighthouse else "dense", shape=shape,
-                         checkpointing=checkpointing, compile=compile, tokens_per_s=n / step,
+                         checkpointing=checkpointing, compile=compile, fsdp=fsdp,
+                         tokens_per_s=n / step,
                          step_s=step, peak_gib=peak)
 
 
 def run_train_benchmark(*, lengths: list[int], out_dir: Path, echo: Callable[[str], None],
                         shape: str = "paper-367m", checkpointing: str = "selective",
-                        compile: bool = False) -> list[TrainBenchRow]:
+                        compile: bool = False, fsdp: bool = True) -> list[TrainBenchRow]:
     if not torch.cuda.is_available():
         raise LhConvertError("the training benchmark needs a CUDA GPU; run it on a GPU machine")
     rows = []
-    echo(f"shape {shape}, checkpointing {checkpointing}, compile {compile}")
+    echo(f"shape {shape}, checkpointing {checkpointing}, compile {compile}, "
+         f"{'FSDP2 bf16 params' if fsdp else 'bf16 autocast over float32 weights'}")
     echo(f"{'N':>8} {'mode':>11} {'tok/s':>9} {'step s':>8} {'peak GiB':>9}")
     for n in lengths:
         for lighthouse in (False, True):
             row = bench_step(n=n, lighthouse=lighthouse, shape=shape,
-                             checkpointing=checkpointing, compile=compile)
+                             checkpointing=checkpointing, compile=compile, fsdp=fsdp)
             rows.append(row)
             echo(f"{row.n:>8} {row.mode:>11} {row.tokens_per_s:>9.0f} {row.step_s:>8.2f} "
                  f"{row.peak_gib:>9.1f}")

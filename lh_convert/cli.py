@@ -339,15 +339,19 @@ def bench_attention(lengths: str, topk: str, out: Path, levels: int, pooling: in
 @click.option("--checkpointing", default="selective", type=click.Choice(["selective", "full", "none"]),
               help="Activation checkpointing of the decoder layers.")
 @click.option("--compile/--no-compile", "compile_layers", default=True,
-              help="torch.compile every decoder layer.")
-def bench_train(lengths: str, out: Path, shape: str, checkpointing: str, compile_layers: bool) -> None:
+              help="torch.compile every decoder layer and the loss.")
+@click.option("--fsdp/--autocast", default=True,
+              help="bf16 parameters through FSDP2's mixed precision (as training does), or "
+                   "bf16 autocast over float32 weights.")
+def bench_train(lengths: str, out: Path, shape: str, checkpointing: str, compile_layers: bool,
+                fsdp: bool) -> None:
     """Training-step tokens/s and peak memory, Lighthouse stage vs dense."""
     from .bench_train import run_train_benchmark
     from .surgery import parse_context
 
     run_train_benchmark(lengths=[parse_context(n) for n in lengths.split(",")], out_dir=out,
                         echo=click.echo, shape=shape, checkpointing=checkpointing,
-                        compile=compile_layers)
+                        compile=compile_layers, fsdp=fsdp)
 
 
 if __name__ == "__main__":

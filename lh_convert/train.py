@@ -60,15 +60,24 @@ class Dist:
 
 
 def init_distributed() -> Dist:
-    """Join the ``torchrun`` process group when there is one (NCCL on GPUs, gloo on CPUs)."""
+    """Join the ``torchrun`` process group when there is one (NCCL on GPUs, gloo on CPUs).
+
+    A single GPU gets a one-process NCCL group too, so it trains under FSDP2 like many do:
+    its mixed precision keeps float32 master weights but computes with bf16 parameters, so
+    the residual stream and every elementwise kernel work on half the bytes that autocast
+    over float32 weights moves.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if not dist.is_initialized():
+        if world > 1:
+            dist.init_process_group(backend="nccl" if cuda else "gloo")
+        elif cuda:
+            dist.init_process_group(backend="nccl", store=dist.HashStore(), rank=0, world_size=1)
     return Dist(rank=dist.get_rank() if world > 1 else 0, world=world, device=device)
 
 
@@ -91,12 +100,12 @@ def model_fingerprint(run_dir: Path) -> str:
     return f"{manifest.source.get('spec')}|{manifest.model_type}|{manifest.target_context}"
 
 
-def _shard(wrapper: CausalLMLoss, recipe: Recipe) -> None:
+def fsdp_shard(wrapper: CausalLMLoss, *, precision: str) -> None:
     """FSDP2: one group per decoder layer, the root (embeddings, norm, head) last."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-        if recipe.train.precision == "bf16" else MixedPrecisionPolicy()
+        if precision == "bf16" else MixedPrecisionPolicy()
     for layer in wrapper.lm.model.layers:
         fully_shard(layer, mp_policy=policy)
     fully_shard(wrapper, mp_policy=policy)
@@ -179,10 +188,10 @@ def run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env:
              f"attention probe: all {manifest.num_layers} layers dense (recovery stage)")
     model.config.use_cache = False
     wrap_decoder_layers(model, checkpointing=train.activation_checkpointing, compile=train.compile)
-    sharded = env.world > 1
-    wrapper = CausalLMLoss(model, chunk=train.loss_chunk)
+    sharded = dist.is_initialized()  # several processes, or one GPU (see init_distributed)
+    wrapper = CausalLMLoss(model, chunk=train.loss_chunk, compiled=train.compile)
     if sharded:
-        _shard(wrapper, recipe)
+        fsdp_shard(wrapper, precision=train.precision)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, betas=(train.beta1, train.beta2),
                                   weight_decay=train.weight_decay, fused=env.device.type == "cuda")
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)

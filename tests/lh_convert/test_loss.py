@@ -35,7 +35,8 @@ def test_chunked_loss_matches_transformers(chunk: int, tied: bool) -> None:
     assert torch.allclose(late, per_token[:, first:].mean(), atol=1e-6)
 
 
-def test_fused_gradients_match_recomputed_ones_under_bf16_autocast() -> None:
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_fused_gradients_match_recomputed_ones_under_bf16_autocast(compiled: bool) -> None:
     """The training path (gradients computed in the forward) against plain autograd through
     the same chunked loss, in bf16 autocast as training runs it; ignored labels included."""
     from lh_convert.loss import _chunk_loss_sum, _LinearCrossEntropy
@@ -46,7 +47,7 @@ def test_fused_gradients_match_recomputed_ones_under_bf16_autocast() -> None:
     labels = torch.randint(0, 97, (300,))
     labels[::7] = -100
     results = []
-    for loss_sum in (lambda: _LinearCrossEntropy.apply(hidden, weight, bias, labels, 64),
+    for loss_sum in (lambda: _LinearCrossEntropy.apply(hidden, weight, bias, labels, 64, compiled),
                      lambda: _chunk_loss_sum(hidden, weight, bias, labels)):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             total = loss_sum()
