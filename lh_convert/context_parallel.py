@@ -221,8 +221,13 @@ def ring_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
 
     query ``[B, H, 2c, D]``, key/value ``[B, G, 2c, D]``: this rank's chunks ``r`` and
     ``2W-1-r`` of ``2W`` (W = group size). Returns ``[B, H, 2c, D]``. The CPU op takes GQA
-    natively; the CUDA flash op gets the KV heads repeated (autograd sums their gradients).
+    natively; the CUDA flash op (bf16/fp16 only) gets the KV heads repeated (autograd sums
+    their gradients).
     """
+    if query.device.type != "cpu" and query.dtype not in (torch.bfloat16, torch.float16):
+        raise LhConvertError(f"context parallelism on {query.device.type} runs the flash "
+                             f"attention op, which needs bf16 or fp16 (got {query.dtype}); "
+                             f"set precision = \"bf16\"")
     if query.device.type != "cpu" and query.shape[1] != key.shape[1]:
         repeats = query.shape[1] // key.shape[1]
         key, value = key.repeat_interleave(repeats, dim=1), value.repeat_interleave(repeats, dim=1)
