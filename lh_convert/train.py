@@ -29,6 +29,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from .data import DataSpec, PackedSequences, batch_iterator, tokenize_corpus
 from .errors import LhConvertError
+from .context_parallel import ContextParallelLoss, enable_context_parallel, make_plan
 from .loss import CausalLMLoss
 from .manifest import read_manifest
 from .recipes import Recipe
@@ -190,6 +191,15 @@ def run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env:
     wrap_decoder_layers(model, checkpointing=train.activation_checkpointing, compile=train.compile)
     sharded = dist.is_initialized()  # several processes, or one GPU (see init_distributed)
     wrapper = CausalLMLoss(model, chunk=train.loss_chunk, compiled=train.compile)
+    data_rank, data_world = env.rank, env.world
+    if train.cp > 1:  # a (dp, cp) mesh; FSDP2 below still shards over all dp*cp ranks
+        plan = make_plan(cp=train.cp, seq_len=manifest.target_context, model_config=model.config,
+                         device_type=env.device.type)
+        enable_context_parallel(model, plan=plan)
+        wrapper = ContextParallelLoss(model, chunk=train.loss_chunk, plan=plan)
+        data_rank, data_world = plan.dp_rank, plan.dp
+        if env.main:
+            echo(f"context parallelism: dp={plan.dp} x cp={plan.cp}")
     if sharded:
         fsdp_shard(wrapper, precision=train.precision)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, betas=(train.beta1, train.beta2),
@@ -215,10 +225,10 @@ def run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env:
     batch_size = train.micro_batch_size
     data_step = loaded.state.data_step if loaded is not None else 0
     batches: Iterator[torch.Tensor] = batch_iterator(samples, batch_size=batch_size, seed=train.seed,
-                                                     start_step=data_step, rank=env.rank,
-                                                     world_size=env.world)
+                                                     start_step=data_step, rank=data_rank,
+                                                     world_size=data_world)
     tokens = loaded.state.tokens if loaded is not None else 0
-    tokens_per_step = batch_size * env.world * train.grad_accum * seq_len
+    tokens_per_step = batch_size * data_world * train.grad_accum * seq_len
     end = last_step if stop_after is None else min(last_step, start + stop_after)
 
     committed = {"data_step": data_step, "tokens": tokens}  # as of the last completed step
