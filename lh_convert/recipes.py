@@ -19,6 +19,7 @@ from .rope import ROPE_METHODS
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("bf16", "fp32")
+CHECKPOINTING = ("selective", "full", "none")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,11 @@ class TrainSettings:
     ``stage1_steps + recovery steps`` to ``lr * min_lr_ratio``.
     ``cp``: context-parallel degree, the processes that split one sequence
     (``docs/context_parallel.md``); all processes form a (world/cp) x cp mesh.
+    ``activation_checkpointing``: ``"selective"`` (or ``true``: keep the attention kernels'
+    outputs, recompute the rest), ``"full"`` or ``"none"`` (or ``false``); see
+    ``lh_convert/checkpointing.py``. ``deterministic``: ``torch.use_deterministic_algorithms``
+    for the run, so SDPA's backward is deterministic too (slower: about 1.7x per SDPA backward
+    on an H200; docs/benchmarks.md).
     """
 
     micro_batch_size: int = 1
@@ -46,7 +52,7 @@ class TrainSettings:
     beta2: float = 0.95
     grad_clip: float = 1.0
     precision: str = "bf16"
-    activation_checkpointing: bool = True
+    activation_checkpointing: bool | str = True
     compile: bool = False
     loss_chunk: int = 4096
     checkpoint_every: int = 100
@@ -55,6 +61,14 @@ class TrainSettings:
     eval_batches: int = 2
     seed: int = 0
     cp: int = 1
+    deterministic: bool = False
+
+    @property
+    def checkpointing_mode(self) -> str:
+        """``activation_checkpointing`` as one of ``CHECKPOINTING``."""
+        value = self.activation_checkpointing
+        return {True: "selective", False: "none"}.get(value, value) if isinstance(value, bool) \
+            else value
 
     @property
     def recovery_steps(self) -> int:
@@ -84,6 +98,9 @@ class TrainSettings:
             return f"precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}"
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             return f"beta1={self.beta1}, beta2={self.beta2}: need values in [0, 1)"
+        if self.checkpointing_mode not in CHECKPOINTING:
+            return (f"activation_checkpointing={self.activation_checkpointing!r}: choose one of "
+                    f"{', '.join(CHECKPOINTING)} (or true/false)")
         if self.grad_clip <= 0:
             return f"grad_clip={self.grad_clip}: needs a value > 0 (try 1.0)"
         if self.cp > 1 and self.compile:
@@ -126,6 +143,8 @@ def _build(cls: type, data: dict[str, Any], *, where: str) -> Any:
         expected = type(getattr(cls(), name)) if cls is not Recipe else str
         if name in ("lighthouse", "train") or expected is tuple:
             continue
+        if name == "activation_checkpointing" and isinstance(value, (bool, str)):
+            continue  # a mode name or a bool; TrainSettings.problem checks which
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             continue
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):

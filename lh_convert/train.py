@@ -29,7 +29,6 @@ from torch.distributed.checkpoint.state_dict import (
 
 from .data import DataSpec, PackedSequences, batch_iterator, tokenize_corpus
 from .errors import LhConvertError
-from .context_parallel import ContextParallelLoss, enable_context_parallel, make_plan
 from .loss import CausalLMLoss
 from .manifest import read_manifest
 from .recipes import Recipe
@@ -161,7 +160,24 @@ def run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env:
     """Train ``stage`` from the latest checkpoint (or the converted weights) to its last step.
 
     ``stop_after`` ends the run early after that many steps (tests; the checkpoint is saved).
+    With ``train.deterministic`` the stage runs under ``torch.use_deterministic_algorithms``.
     """
+    previous = torch.are_deterministic_algorithms_enabled()
+    if recipe.train.deterministic:
+        # cuBLAS reads this when its first handle is made; SDPA's backward then runs its
+        # deterministic path (Lighthouse's own kernels always do).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    try:
+        return _run_stage(run_dir=run_dir, recipe=recipe, stage=stage, data=data, env=env,
+                          echo=echo, progress=progress, stop_after=stop_after)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env: Dist,
+               echo: Callable[[str], None], progress: bool, stop_after: int | None
+               ) -> StageResult:
     run_dir = Path(run_dir)
     train = recipe.train
     first_step, last_step = ((0, train.stage1_steps) if stage == LIGHTHOUSE_STAGE else
@@ -188,11 +204,14 @@ def run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env:
         echo(f"attention probe: {report.summary()}" if stage == LIGHTHOUSE_STAGE else
              f"attention probe: all {manifest.num_layers} layers dense (recovery stage)")
     model.config.use_cache = False
-    wrap_decoder_layers(model, checkpointing=train.activation_checkpointing, compile=train.compile)
+    wrap_decoder_layers(model, checkpointing=train.checkpointing_mode, compile=train.compile)
     sharded = dist.is_initialized()  # several processes, or one GPU (see init_distributed)
     wrapper = CausalLMLoss(model, chunk=train.loss_chunk, compiled=train.compile)
     data_rank, data_world = env.rank, env.world
     if train.cp > 1:  # a (dp, cp) mesh; FSDP2 below still shards over all dp*cp ranks
+        # Imported here: it uses PyTorch's private ring-attention modules, which only CP needs.
+        from .context_parallel import ContextParallelLoss, enable_context_parallel, make_plan
+
         plan = make_plan(cp=train.cp, seq_len=manifest.target_context, model_config=model.config,
                          device_type=env.device.type)
         enable_context_parallel(model, plan=plan)

@@ -40,7 +40,8 @@ recovery_fraction = 0.5
 lr = 3e-3
 warmup_steps = 1
 precision = "fp32"
-activation_checkpointing = false
+activation_checkpointing = {checkpointing}
+deterministic = {deterministic}
 loss_chunk = 128
 checkpoint_every = {every}
 keep_checkpoints = 2
@@ -60,9 +61,11 @@ def corpus(tmp_path_factory) -> Path:
     return folder
 
 
-def _recipe(tmp_path: Path, model: Path, *, steps: int = 8, every: int = 4, micro: int = 1) -> Path:
+def _recipe(tmp_path: Path, model: Path, *, steps: int = 8, every: int = 4, micro: int = 1,
+            checkpointing: str = "false", deterministic: str = "false") -> Path:
     path = tmp_path / "recipe.toml"
-    path.write_text(RECIPE.format(model=model, steps=steps, every=every, micro=micro))
+    path.write_text(RECIPE.format(model=model, steps=steps, every=every, micro=micro,
+                                  checkpointing=checkpointing, deterministic=deterministic))
     return path
 
 
@@ -98,6 +101,32 @@ def test_both_stages_train_and_loss_falls(make_tiny_checkpoint, corpus: Path, tm
     assert (run / "loss.png").stat().st_size > 10_000
     stages = [json.loads(line)["stage"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert "lighthouse" in stages and "dense" in stages
+
+
+def test_selective_checkpointing_and_deterministic_mode_keep_the_losses(
+        make_tiny_checkpoint, corpus: Path, tmp_path: Path) -> None:
+    """Recomputing in the backward (keeping only the attention kernels' outputs) changes no
+    loss, and deterministic mode is on for the stage only."""
+    model = make_tiny_checkpoint("llama")
+    losses = {}
+    for name, checkpointing, deterministic in (("plain", "false", "false"),
+                                               ("selective", '"selective"', "true")):
+        folder = tmp_path / name
+        folder.mkdir()
+        recipe = load_recipe(str(_recipe(folder, model, steps=4, checkpointing=checkpointing,
+                                         deterministic=deterministic)))
+        extend(recipe=recipe, out=folder / "run", data=DataSpec(paths=(str(corpus),)),
+               echo=print, progress=False)
+        losses[name] = _losses(folder / "run")
+        assert not torch.are_deterministic_algorithms_enabled()
+    assert len(losses["plain"]) == 4
+    assert losses["selective"] == pytest.approx(losses["plain"], abs=1e-6)
+
+
+def test_unknown_checkpointing_mode_is_a_recipe_error(make_tiny_checkpoint, tmp_path: Path) -> None:
+    path = _recipe(tmp_path, make_tiny_checkpoint("llama"), checkpointing='"sometimes"')
+    with pytest.raises(LhConvertError, match="activation_checkpointing='sometimes': choose one of"):
+        load_recipe(str(path))
 
 
 def test_recover_restores_optimizer_state_and_runs_dense(make_tiny_checkpoint, corpus: Path,
