@@ -263,7 +263,8 @@ def write_recipe(layout: Layout, args: argparse.Namespace, arm: str) -> Path:
         train = {"precision": "fp32", "loss_chunk": 512, "activation_checkpointing": False}
     else:
         lighthouse = {"levels": 3, "pooling": 4, "topk": 2048, "tile": 128}
-        train = {"precision": "bf16", "loss_chunk": 4096, "activation_checkpointing": True}
+        train = {"precision": "bf16", "loss_chunk": 4096, "activation_checkpointing": "selective",
+                 "compile": True}
     dense_layers = list(range(30)) if arm == "dense" else [0, 1, -2, -1]
     train.update(micro_batch_size=1, grad_accum=args.grad_accum, stage1_steps=stage1,
                  recovery_fraction=recovery / stage1, lr=args.lr, warmup_steps=args.warmup,
