@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
-import torch.nn.functional as F
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor.experimental._context_parallel._attention import (
     _context_parallel_shard,
@@ -35,7 +34,6 @@ from torch.distributed.tensor.experimental._context_parallel._attention import (
 from torch.distributed.tensor.experimental._context_parallel._load_balancer import (
     _HeadTailLoadBalancer,
 )
-from torch.utils.checkpoint import checkpoint
 from transformers import AttentionInterface
 
 from lighthouse_kernels import LighthouseConfig, level_offsets, select_indices
@@ -44,9 +42,9 @@ from lighthouse_kernels.scatter import scatter_back
 
 from .attention import CALLS, DENSE_LAYER, LIGHTHOUSE, settings_of
 from .errors import LhConvertError
+from .loss import IGNORE, linear_cross_entropy_sum
 
 CP_ATTENTION_NAME = "lighthouse-cp"
-IGNORE = -100
 _SEQ_DIM = 2  # of q, k, v [B, H, N, D]
 aten = torch.ops.aten
 
@@ -356,21 +354,11 @@ def enable_context_parallel(model: torch.nn.Module, *, plan: ContextParallelPlan
 # ---- the loss ------------------------------------------------------------------------------------
 
 
-def _loss_sum(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor) -> torch.Tensor:
-    logits = F.linear(hidden, head.weight, head.bias).float()
-    return F.cross_entropy(logits.flatten(0, -2), labels.flatten(), reduction="sum",
-                           ignore_index=IGNORE)
-
-
 def _chunked_loss_sum(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor, *,
                       chunk: int) -> torch.Tensor:
-    """Cross-entropy summed over ``chunk`` positions at a time (logits never exist at once)."""
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, hidden.shape[1], chunk):
-        part, targets = hidden[:, start:start + chunk], labels[:, start:start + chunk]
-        total = total + (checkpoint(_loss_sum, part, head, targets, use_reentrant=False)
-                         if torch.is_grad_enabled() else _loss_sum(part, head, targets))
-    return total
+    """Cross-entropy summed over this rank's positions, ``chunk`` at a time (``lh_convert.loss``:
+    logits never exist for the whole shard, and are not recomputed in the backward)."""
+    return linear_cross_entropy_sum(hidden, head, labels, chunk=chunk)
 
 
 def _global_mean(total: torch.Tensor, count: torch.Tensor, *, plan: ContextParallelPlan

@@ -90,6 +90,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 (grad_weight * grad_total).to(ctx.weight_dtype), bias_grad, None, None, None)
 
 
+def linear_cross_entropy_sum(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor,
+                             *, chunk: int, compiled: bool = False) -> torch.Tensor:
+    """Cross-entropy of ``head(hidden)`` against ``labels``, summed, ``chunk`` positions at a time.
+
+    hidden: ``[B, N, d]``; labels: ``[B, N]``, ``IGNORE`` where a position has no target.
+    With gradients enabled each chunk's gradients are computed in the forward (module
+    docstring); ``compiled`` runs that chunk math through ``torch.compile``.
+    """
+    if torch.is_grad_enabled():
+        return _LinearCrossEntropy.apply(hidden.flatten(0, 1), head.weight, head.bias,
+                                         labels.flatten(), chunk, compiled)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[1], chunk):
+        total = total + _chunk_loss_sum(hidden[:, start:start + chunk], head.weight, head.bias,
+                                        labels[:, start:start + chunk])
+    return total
+
+
 def chunked_next_token_loss(hidden: torch.Tensor, lm_head: torch.nn.Linear, input_ids: torch.Tensor,
                             *, chunk: int, first_position: int = 0, compiled: bool = False
                             ) -> tuple[torch.Tensor, int]:
@@ -97,18 +115,10 @@ def chunked_next_token_loss(hidden: torch.Tensor, lm_head: torch.nn.Linear, inpu
 
     hidden: ``[B, N, d]`` final hidden states; input_ids: ``[B, N]``. Position ``t`` predicts
     token ``t + 1``; the last position has no target. Returns ``(loss_sum, num_targets)``.
-    ``compiled`` runs each chunk's training math through ``torch.compile``.
     """
     targets = input_ids[:, first_position + 1:]
-    hidden = hidden[:, first_position:-1]
-    if torch.is_grad_enabled():
-        total = _LinearCrossEntropy.apply(hidden.flatten(0, 1), lm_head.weight, lm_head.bias,
-                                          targets.flatten(), chunk, compiled)
-        return total, targets.numel()
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, hidden.shape[1], chunk):
-        total = total + _chunk_loss_sum(hidden[:, start:start + chunk], lm_head.weight,
-                                        lm_head.bias, targets[:, start:start + chunk])
+    total = linear_cross_entropy_sum(hidden[:, first_position:-1], lm_head, targets, chunk=chunk,
+                                     compiled=compiled)
     return total, targets.numel()
 
 
