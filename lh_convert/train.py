@@ -27,10 +27,11 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from .data import DataSpec, PackedSequences, batch_iterator, tokenize_corpus
+from .data import DataSpec, tokenize_corpus
 from .errors import LhConvertError
 from .loss import CausalLMLoss
 from .manifest import read_manifest
+from .packing import PackedSequences, batch_iterator
 from .recipes import Recipe
 from .checkpointing import wrap_decoder_layers
 from .runs import load_run_model

@@ -29,14 +29,13 @@ from transformers import PreTrainedTokenizerFast
 from lh_convert import data, data_sources
 from lh_convert.data import (
     DataSpec,
-    PackedSequences,
     TokenizedCorpus,
-    batch_iterator,
     builtin_corpus_files,
     save_token_corpus,
     tokenize_corpus,
 )
 from lh_convert.errors import LhConvertError
+from lh_convert.packing import PackedSequences, batch_iterator
 
 DOCUMENTS = [f"document {i}: " + "lorem ipsum dolor sit amet " * (i + 1) for i in range(12)]
 Tokenize = Callable[..., TokenizedCorpus]
