@@ -26,6 +26,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ import torch
 from .errors import LhConvertError
 from .eval_data import TASKS, EvalDataOptions, build_task_data, read_meta
 from .hub import call_with_deadline, short_reason
+from .plots import plot_position_loss, plot_retrieval
 
 EVALS_DIR = Path(__file__).resolve().parent.parent / "evals"
 SUITES: tuple[str, ...] = ("long-context", "short", "all")
@@ -366,7 +368,8 @@ def write_report(*, models: Sequence[ModelResults], out_dir: Path) -> list[Path]
         "skipped": {task: {str(k): v for k, v in s.items()} for task, s in m.skipped.items()},
     } for m in models]})
     _atomic_text(out_dir / RESULTS_MD, _markdown(models))
-    for plot, name in ((_plot_retrieval, RETRIEVAL_PNG), (_plot_position_loss, POSITION_PNG)):
+    for plot, name in ((partial(plot_retrieval, tasks=RETRIEVAL_TASKS), RETRIEVAL_PNG),
+                       (plot_position_loss, POSITION_PNG)):
         if plot(models, out_dir / name):
             files.append(out_dir / name)
     return files
@@ -429,74 +432,3 @@ def _atomic_text(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)
-
-
-def _plot_retrieval(models: Sequence[ModelResults], path: Path) -> bool:
-    """Heat maps, one per model (rows) and retrieval task (columns): depth x length, accuracy
-    from 0 (red) to 1 (green); lengths beyond a model's context are grey and marked."""
-    tasks = [t for t in RETRIEVAL_TASKS if any(t in m.retrieval for m in models)]
-    if not tasks:
-        return False
-    import numpy as np
-
-    plt = _pyplot()
-    fig, axes = plt.subplots(len(models), len(tasks), squeeze=False, layout="constrained",
-                             figsize=(4.2 * len(tasks) + 1, 3.2 * len(models)))
-    for row, model in enumerate(models):
-        for column, task in enumerate(tasks):
-            cells, skipped = model.retrieval.get(task, {}), model.skipped.get(task, {})
-            lengths = sorted({n for n, _ in cells} | set(skipped))
-            depths = sorted({d for _, d in cells}) or [0.0]
-            grid = np.full((len(depths), len(lengths)), np.nan)
-            for (n, d), acc in cells.items():
-                grid[depths.index(d), lengths.index(n)] = acc
-            ax = axes[row][column]
-            ax.set_facecolor("lightgrey")
-            image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
-            for (i, j), value in np.ndenumerate(grid):
-                ax.text(j, i, "skip" if np.isnan(value) else f"{value:.2f}", ha="center",
-                        va="center", fontsize=7)
-            ax.set_xticks(range(len(lengths)), [f"{n:,}" for n in lengths], fontsize=7)
-            ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths], fontsize=7)
-            ax.set(xlabel="length (tokens)" if row == len(models) - 1 else "",
-                   ylabel=f"{model.label}\nneedle depth" if column == 0 else "",
-                   title=task.removeprefix("lh_") if row == 0 else "")
-    fig.colorbar(image, ax=axes, shrink=0.8, label="accuracy (exact greedy match)")
-    return _save(fig, path)
-
-
-def _plot_position_loss(models: Sequence[ModelResults], path: Path) -> bool:
-    """Loss (nats per token) of each position bucket, one line per model, positions on a log
-    axis (each point at its bucket's end)."""
-    if not any(m.position_loss for m in models):
-        return False
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for model in models:
-        ax.plot([b for (_, b), _, _ in model.position_loss],
-                [nll for _, nll, _ in model.position_loss], "o-", label=model.label)
-    ends = sorted({b for m in models for (_, b), _, _ in m.position_loss})
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(ends, [f"{end:,}" for end in ends], fontsize=7)
-    ax.set(xlabel="position bucket end (tokens)", ylabel="loss (nats/token)",
-           title="held-out loss by position")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> bool:
-    temporary = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(temporary, dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
-    os.replace(temporary, path)
-    return True

@@ -1,10 +1,16 @@
-"""PNG plots of a run: loss curves of both stages on one figure, the switch marked."""
+"""PNG plots: a run's loss curves (both stages on one figure, the switch marked) and the
+evaluation's retrieval heat maps and loss by position."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .evaluate import ModelResults
 
 LOSS_PLOT = "loss.png"
 
@@ -19,11 +25,7 @@ def _read_metrics(run_dir: Path) -> list[dict]:
 def plot_run(run_dir: Path) -> Path | None:
     """Write ``RUN_DIR/loss.png``: training loss per step, validation loss and late-position
     loss, stage 1 and recovery in different colours, a dashed line at the switch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     records = _read_metrics(run_dir)
     train = [r for r in records if r.get("kind") == "train"]
     if not train:
@@ -50,8 +52,76 @@ def plot_run(run_dir: Path) -> Path | None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     target = Path(run_dir) / LOSS_PLOT
-    temporary = target.with_name(f".{LOSS_PLOT}.tmp.png")
-    fig.savefig(temporary, dpi=110)
-    plt.close(fig)
-    os.replace(temporary, target)
+    _save(fig, target)
     return target
+
+
+def plot_retrieval(models: Sequence[ModelResults], path: Path, *, tasks: Sequence[str]) -> bool:
+    """Heat maps, one per model (rows) and retrieval task (columns): depth x length, accuracy
+    from 0 (red) to 1 (green); lengths beyond a model's context are grey and marked."""
+    tasks = [t for t in tasks if any(t in m.retrieval for m in models)]
+    if not tasks:
+        return False
+    import numpy as np
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(models), len(tasks), squeeze=False, layout="constrained",
+                             figsize=(4.2 * len(tasks) + 1, 3.2 * len(models)))
+    for row, model in enumerate(models):
+        for column, task in enumerate(tasks):
+            cells, skipped = model.retrieval.get(task, {}), model.skipped.get(task, {})
+            lengths = sorted({n for n, _ in cells} | set(skipped))
+            depths = sorted({d for _, d in cells}) or [0.0]
+            grid = np.full((len(depths), len(lengths)), np.nan)
+            for (n, d), acc in cells.items():
+                grid[depths.index(d), lengths.index(n)] = acc
+            ax = axes[row][column]
+            ax.set_facecolor("lightgrey")
+            image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+            for (i, j), value in np.ndenumerate(grid):
+                ax.text(j, i, "skip" if np.isnan(value) else f"{value:.2f}", ha="center",
+                        va="center", fontsize=7)
+            ax.set_xticks(range(len(lengths)), [f"{n:,}" for n in lengths], fontsize=7)
+            ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths], fontsize=7)
+            ax.set(xlabel="length (tokens)" if row == len(models) - 1 else "",
+                   ylabel=f"{model.label}\nneedle depth" if column == 0 else "",
+                   title=task.removeprefix("lh_") if row == 0 else "")
+    fig.colorbar(image, ax=axes, shrink=0.8, label="accuracy (exact greedy match)")
+    return _save(fig, path)
+
+
+def plot_position_loss(models: Sequence[ModelResults], path: Path) -> bool:
+    """Loss (nats per token) of each position bucket, one line per model, positions on a log
+    axis (each point at its bucket's end)."""
+    if not any(m.position_loss for m in models):
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for model in models:
+        ax.plot([b for (_, b), _, _ in model.position_loss],
+                [nll for _, nll, _ in model.position_loss], "o-", label=model.label)
+    ends = sorted({b for m in models for (_, b), _, _ in m.position_loss})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ends, [f"{end:,}" for end in ends], fontsize=7)
+    ax.set(xlabel="position bucket end (tokens)", ylabel="loss (nats/token)",
+           title="held-out loss by position")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> bool:
+    temporary = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(temporary, dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    os.replace(temporary, path)
+    return True
