@@ -37,6 +37,8 @@ REP = REPO / ".rep"
 MODEL = "smollm2-135m-gguf"
 ARMS = ("dense", "lighthouse")
 MODELS = ("original", "rope-only", "dense", "lighthouse")
+# The dense arm again with seed + 1 (another data order): the run-to-run spread of the result.
+REPEAT = "dense-repeat"
 
 
 def alias_gguf(cache: Path) -> Path:
@@ -254,7 +256,7 @@ def rope(args: argparse.Namespace) -> str:
     return "none" if args.rehearsal else "theta"
 
 
-def write_recipe(layout: Layout, args: argparse.Namespace, arm: str) -> Path:
+def write_recipe(layout: Layout, args: argparse.Namespace, arm: str, seed: int) -> Path:
     """The arm's recipe: recipes/smollm2-135m-64k.toml's model and Lighthouse settings (2K-context
     ones in a rehearsal), the budget knobs, and for `dense` every one of the 30 layers dense."""
     stage1, recovery = budget(args)
@@ -265,11 +267,11 @@ def write_recipe(layout: Layout, args: argparse.Namespace, arm: str) -> Path:
         lighthouse = {"levels": 3, "pooling": 4, "topk": 2048, "tile": 128}
         train = {"precision": "bf16", "loss_chunk": 4096, "activation_checkpointing": "selective",
                  "compile": True}
-    dense_layers = list(range(30)) if arm == "dense" else [0, 1, -2, -1]
+    dense_layers = list(range(30)) if arm in ("dense", REPEAT) else [0, 1, -2, -1]
     train.update(micro_batch_size=1, grad_accum=args.grad_accum, stage1_steps=stage1,
                  recovery_fraction=recovery / stage1, lr=args.lr, warmup_steps=args.warmup,
                  eval_every=args.eval_every, eval_batches=args.eval_batches,
-                 checkpoint_every=args.steps, keep_checkpoints=1, seed=args.seed)
+                 checkpoint_every=args.steps, keep_checkpoints=1, seed=seed)
     lines = [f'name = "replication-{arm}"',
              f'description = "issue #6, arm {arm}: {stage1} + {recovery} steps"',
              f'model = "{MODEL}"', f'ctx = "{args.ctx}"', f'rope = "{rope(args)}"', "",
@@ -283,9 +285,10 @@ def write_recipe(layout: Layout, args: argparse.Namespace, arm: str) -> Path:
     return path
 
 
-def step_arm(layout: Layout, args: argparse.Namespace, arm: str) -> None:
+def step_arm(layout: Layout, args: argparse.Namespace, arm: str, *, seed: int | None = None) -> None:
     """extend (stage 1) then recover (the rest), on the arm's recipe; resumes a partial run."""
-    recipe, out = write_recipe(layout, args, arm), layout.runs / arm
+    recipe = write_recipe(layout, args, arm, args.seed if seed is None else seed)
+    out = layout.runs / arm
     run(layout, arm, cli("extend", "--recipe", str(recipe), "--out", str(out),
                          "--data", str(layout.corpus)))
     run(layout, arm, cli("recover", "--run", str(out)))
@@ -410,6 +413,7 @@ def step_report(layout: Layout, args: argparse.Namespace) -> None:
 STEPS = {"prepare": step_prepare, "stage-a": step_stage_a, "join": step_join,
          "dense": lambda layout, args: step_arm(layout, args, "dense"),
          "lighthouse": lambda layout, args: step_arm(layout, args, "lighthouse"),
+         REPEAT: lambda layout, args: step_arm(layout, args, REPEAT, seed=args.seed + 1),
          "eval": step_eval, "eval-one": step_eval_one, "pack": step_pack, "report": step_report}
 
 

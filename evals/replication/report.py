@@ -17,6 +17,7 @@ from pathlib import Path
 
 ARMS = ("dense", "lighthouse")
 MODELS = ("original", "rope-only", "dense", "lighthouse")
+REPEAT = "dense-repeat"  # the dense arm with seed + 1, when it was run: the run-to-run spread
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -126,9 +127,10 @@ def _markdown(root: Path, *, stage1: int, tokens_per_step: int | None, plots: li
     lines = ["### Training (same seed, data order, schedule and token budget)", "",
              "| arm | stage | steps | tokens | step time (s) | median tokens/s | peak GiB |",
              "|---|---|---|---|---|---|---|"]
+    arms = [*ARMS, REPEAT] if (root / "runs" / REPEAT / "metrics.jsonl").is_file() else list(ARMS)
     numbers = {arm: _arm_numbers(_jsonl(root / "runs" / arm / "metrics.jsonl"), stage1)
-               for arm in ARMS}
-    for arm in ARMS:
+               for arm in arms}
+    for arm in arms:
         for stage, s in numbers[arm]["stages"].items():
             tokens = s["steps"] * tokens_per_step if tokens_per_step else 0
             lines.append(f"| {arm} | {stage} | {s['steps']} | {tokens / 1e6:.2f}M | "
@@ -143,15 +145,19 @@ def _markdown(root: Path, *, stage1: int, tokens_per_step: int | None, plots: li
                   f"{steps['lighthouse']:.0f}s ({steps['lighthouse'] / max(steps['dense'], 1e-9):.2f}x)."]
     lines += ["", "| arm | final val loss | final val loss, last quarter | train-loss jump at the "
               "switch | val-loss jump | recovery steps |", "|---|---|---|---|---|---|"]
-    for arm in ARMS:
+    for arm in arms:
         n = numbers[arm]
         lines.append(f"| {arm} | {n.get('final_val', float('nan')):.4f} | "
                      f"{n.get('final_late', float('nan')):.4f} | {n.get('jump', float('nan')):+.4f} | "
                      f"{n.get('val_jump', float('nan')):+.4f} | {n.get('recovery_steps', '-')} |")
+    if REPEAT in numbers and "final_val" in numbers[REPEAT] and "final_val" in numbers["dense"]:
+        spread = abs(numbers[REPEAT]["final_val"] - numbers["dense"]["final_val"])
+        lines += ["", f"Run-to-run spread: the dense arm run twice (`--seed` and `--seed` + 1, "
+                  f"another data order) ends {spread:.4f} apart in final validation loss."]
     lines += ["", "### Validation loss by length (first L positions of each window; mean ± "
               "standard error over windows; last quarter of those L positions after the slash)", ""]
     valloss = {m: json.loads((root / "eval" / m / "valloss.json").read_text())
-               for m in MODELS if (root / "eval" / m / "valloss.json").is_file()}
+               for m in (*MODELS, REPEAT) if (root / "eval" / m / "valloss.json").is_file()}
     lengths = sorted({int(n) for v in valloss.values() for n in v["lengths"]})
     if valloss:
         lines += ["| model | " + " | ".join(f"{n:,}" for n in lengths) + " |",
@@ -162,7 +168,7 @@ def _markdown(root: Path, *, stage1: int, tokens_per_step: int | None, plots: li
                      else "beyond context" for n in lengths]
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
     summaries = {m: json.loads((root / "eval" / m / "summary.json").read_text())["models"][0]
-                 for m in MODELS if (root / "eval" / m / "summary.json").is_file()}
+                 for m in (*MODELS, REPEAT) if (root / "eval" / m / "summary.json").is_file()}
     if summaries:
         lines += ["", "### Retrieval accuracy by length (lh-convert eval; mean over depths)", "",
                   "| task | length | " + " | ".join(summaries) + " |",
