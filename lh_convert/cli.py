@@ -330,28 +330,42 @@ def bench_attention(lengths: str, topk: str, out: Path, levels: int, pooling: in
                   deterministic=deterministic)
 
 
-@bench.command("train", epilog="Example: lh-convert bench train --lengths 32k,64k,128k")
+@bench.command("train", epilog="Example: lh-convert bench train --lengths 32k,64k,128k\n\n"
+                                "Several GPUs: torchrun --nproc-per-node 2 -m lh_convert.cli -- "
+                                "bench train --lengths 256k --shape llama-1b --cp 2")
 @click.option("--lengths", default="32k,64k,128k", help="Sequence lengths N.")
 @click.option("--out", default="bench-results", type=click.Path(path_type=Path),
               help="Folder for bench_train.json.")
-@click.option("--shape", default="paper-367m", type=click.Choice(["paper-367m", "smollm2-135m"]),
-              help="Model shape (randomly initialised).")
+@click.option("--shape", default="paper-367m",
+              type=click.Choice(["paper-367m", "smollm2-135m", "llama-1b", "llama-3b", "tiny"]),
+              help="Model shape (randomly initialised; tiny is for --device cpu).")
 @click.option("--checkpointing", default="selective", type=click.Choice(["selective", "full", "none"]),
               help="Activation checkpointing of the decoder layers.")
 @click.option("--compile/--no-compile", "compile_layers", default=True,
-              help="torch.compile every decoder layer and the loss.")
+              help="torch.compile every decoder layer and the loss (off with --cp > 1).")
 @click.option("--fsdp/--autocast", default=True,
               help="bf16 parameters through FSDP2's mixed precision (as training does), or "
-                   "bf16 autocast over float32 weights.")
+                   "bf16 autocast over float32 weights (one process only).")
+@click.option("--cp", default=1, show_default=True,
+              help="Context parallelism under torchrun: processes that split one sequence.")
+@click.option("--modes", default="dense,lighthouse", show_default=True,
+              help="Steps to time: dense (also the recovery stage) and/or lighthouse.")
+@click.option("--steps", default=4, show_default=True, help="Timed steps (the median is kept).")
+@click.option("--warmup", default=2, show_default=True, help="Untimed steps first.")
+@click.option("--device", default="cuda", type=click.Choice(["cuda", "cpu"]), show_default=True,
+              help="cpu: a rehearsal of the same code with gloo, for tests (meaningless timings).")
 def bench_train(lengths: str, out: Path, shape: str, checkpointing: str, compile_layers: bool,
-                fsdp: bool) -> None:
-    """Training-step tokens/s and peak memory, Lighthouse stage vs dense."""
+                fsdp: bool, cp: int, modes: str, steps: int, warmup: int, device: str) -> None:
+    """Training-step tokens/s per GPU and peak memory, Lighthouse stage vs dense; under
+    torchrun, FSDP2 over all processes (data parallel, or --cp for context parallel)."""
     from .bench_train import run_train_benchmark
     from .surgery import parse_context
 
     run_train_benchmark(lengths=[parse_context(n) for n in lengths.split(",")], out_dir=out,
                         echo=click.echo, shape=shape, checkpointing=checkpointing,
-                        compile=compile_layers, fsdp=fsdp)
+                        compile=compile_layers, fsdp=fsdp, device=device, cp=cp,
+                        modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
+                        steps=steps, warmup=warmup)
 
 
 if __name__ == "__main__":
