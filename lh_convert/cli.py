@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -190,10 +191,10 @@ def extend(out: Path, recipe: str | None, model: str | None, ctx: str | None, da
         _print_plan(chosen)
         return
     if not data:
-        click.echo("data: none given, training on the built-in corpus (this Python's standard "
+        _echo_once("data: none given, training on the built-in corpus (this Python's standard "
                    "library source, held-out split by file)")
     result = run_extend(recipe=chosen, out=out, data=DataSpec(paths=data), echo=click.echo)
-    click.echo(f"stage 1: {result.steps_run} steps in {result.seconds:.0f}s, now at step "
+    _echo_once(f"stage 1: {result.steps_run} steps in {result.seconds:.0f}s, now at step "
                f"{result.final_step}; loss curves in {out / 'loss.png'}")
 
 
@@ -215,8 +216,14 @@ def recover(run: Path, steps: int | None, cp: int | None, dry_run: bool) -> None
         _print_plan(recorded[0])
         return
     result = run_recover(run=run, steps=steps, cp=cp, echo=click.echo)
-    click.echo(f"recovery: {result.steps_run} steps in {result.seconds:.0f}s, now at step "
+    _echo_once(f"recovery: {result.steps_run} steps in {result.seconds:.0f}s, now at step "
                f"{result.final_step}; export with `lh-convert export --run {run} --out DIR`")
+
+
+def _echo_once(text: str) -> None:
+    """Print on the first process only (under torchrun every rank runs the command)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(text)
 
 
 @main.command(epilog="Example: lh-convert plan --recipe smollm2-135m-64k")
@@ -305,7 +312,7 @@ def demo(workdir: Path, model: str, ctx: str) -> None:
 
 @main.group(epilog="Example: lh-convert bench attention --lengths 32k,64k")
 def bench() -> None:
-    """Benchmarks (BENCH.md); they need a CUDA GPU."""
+    """Benchmarks (BENCH.md), for CUDA GPUs (`bench train --device cpu` rehearses on CPUs)."""
 
 
 @bench.command("attention", epilog="Example: lh-convert bench attention --lengths 32k,64k,128k "
