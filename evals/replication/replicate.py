@@ -441,7 +441,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help="models the eval step evaluates")
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--eval-lengths", default=None,
-                        help="eval prompt lengths [8k,16k,32k,64k; rehearsal 256,512]")
+                        help="eval prompt lengths [4k,8k,16k,32k,64k; rehearsal 256,512]")
     parser.add_argument("--eval-samples", type=int, default=1,
                         help="long-context rows per (length, depth) cell")
     parser.add_argument("--windows", type=int, default=6,
@@ -455,7 +455,7 @@ def main() -> None:
     small = args.rehearsal
     for name, real, rehearsal in (("steps", 80, 2), ("grad_accum", 2, 1), ("ctx", "64k", "512"),
                                   ("warmup", 5, 1), ("eval_every", 5, 1),
-                                  ("eval_lengths", "8k,16k,32k,64k", "256,512")):
+                                  ("eval_lengths", "4k,8k,16k,32k,64k", "256,512")):
         if getattr(args, name) is None:
             setattr(args, name, rehearsal if small else real)
     if small and args.windows == 6:
