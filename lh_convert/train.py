@@ -206,6 +206,9 @@ def _run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env
              f"attention probe: all {manifest.num_layers} layers dense (recovery stage)")
     model.config.use_cache = False
     wrap_decoder_layers(model, checkpointing=train.checkpointing_mode, compile=train.compile)
+    if train.compile and env.main:
+        echo("torch.compile: the first step (and the first validation) compiles the decoder "
+             "layers, about a minute, before the progress bar moves")
     sharded = dist.is_initialized()  # several processes, or one GPU (see init_distributed)
     wrapper = CausalLMLoss(model, chunk=train.loss_chunk, compiled=train.compile)
     data_rank, data_world = env.rank, env.world
