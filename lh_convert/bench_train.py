@@ -36,6 +36,7 @@ from .attention import ATTENTION_NAME, LighthouseSettings, probe
 from .checkpointing import wrap_decoder_layers
 from .errors import LhConvertError
 from .loss import CausalLMLoss
+from .plots import plot_train_throughput
 from .train import Dist, fsdp_shard, init_distributed
 
 PAPER_SHAPE = dict(hidden_size=1024, num_hidden_layers=30, num_attention_heads=8,
@@ -236,5 +237,6 @@ def run_train_benchmark(*, lengths: list[int], out_dir: Path, echo: Callable[[st
                   "rows": [asdict(r) for r in rows]}
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "bench_train.json").write_text(json.dumps(record, indent=2))
+        plot_train_throughput(record["rows"], out_dir / "bench_train.png")
         echo(json.dumps(record))
     return rows

@@ -125,3 +125,33 @@ def _save(fig: Any, path: Path) -> bool:
     _pyplot().close(fig)
     os.replace(temporary, path)
     return True
+
+
+def plot_train_throughput(rows: Sequence[dict], path: Path) -> bool:
+    """Training tokens/s (per GPU) by sequence length, dense vs the Lighthouse stage side by
+    side, the speed-up written over each pair (rows as ``bench train`` writes them)."""
+    lengths = sorted({row["n"] for row in rows})
+    by = {(row["n"], row["mode"]): row for row in rows}
+    if not lengths:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    width = 0.38
+    for offset, mode, colour in ((-width / 2, "dense", "tab:orange"),
+                                 (width / 2, "lighthouse", "tab:blue")):
+        xs = [i + offset for i, n in enumerate(lengths) if (n, mode) in by]
+        heights = [by[(n, mode)]["tokens_per_s"] / 1e3 for n in lengths if (n, mode) in by]
+        ax.bar(xs, heights, width, color=colour,
+               label="dense SDPA (= recovery step)" if mode == "dense" else "Lighthouse stage")
+    for i, n in enumerate(lengths):
+        if (n, "dense") in by and (n, "lighthouse") in by:
+            light = by[(n, "lighthouse")]
+            ratio = light["tokens_per_s"] / by[(n, "dense")]["tokens_per_s"]
+            ax.text(i + width / 2, light["tokens_per_s"] / 1e3, f"{ratio:.2f}x", ha="center",
+                    va="bottom", fontsize=9)
+    ax.set_xticks(range(len(lengths)), [f"{n // 1024}K" for n in lengths])
+    ax.set(xlabel="sequence length", ylabel="training tokens/s per GPU (thousands)",
+           title="training-step throughput")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -54,6 +54,7 @@ ATOL = 2e-5
 
 def _rows(out: Path) -> dict[str, dict]:
     record = json.loads((out / "bench_train.json").read_text())
+    assert (out / "bench_train.png").stat().st_size > 10_000  # the throughput plot
     return {row["mode"]: row for row in record["rows"]}
 
 
