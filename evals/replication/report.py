@@ -18,6 +18,7 @@ from pathlib import Path
 ARMS = ("dense", "lighthouse")
 MODELS = ("original", "rope-only", "dense", "lighthouse")
 REPEAT = "dense-repeat"  # the dense arm with seed + 1, when it was run: the run-to-run spread
+COLOURS = {"dense": "tab:orange", "lighthouse": "tab:blue", REPEAT: "tab:gray"}
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -73,15 +74,18 @@ def _plot(root: Path, out: Path, stage1: int, tokens_per_step: int | None) -> li
     for kind, key, name, title in (("eval", "val_loss", "val_loss.png", "validation loss"),
                                    ("train", "loss", "train_loss.png", "training loss")):
         fig, ax = plt.subplots(figsize=(7.5, 4.2))
-        for arm in ARMS:
+        for arm in (*ARMS, REPEAT):  # the repeat only where it was run
             rows = [r for r in _jsonl(root / "runs" / arm / "metrics.jsonl") if r["kind"] == kind]
             if not rows:
                 continue
             x = [r["step"] * tokens_per_step / 1e6 if tokens_per_step else r["step"] for r in rows]
-            ax.plot(x, [r[key] for r in rows], "o-" if kind == "eval" else "-", ms=3, label=arm)
+            colour = COLOURS[arm]
+            ax.plot(x, [r[key] for r in rows], "o-" if kind == "eval" else "-", ms=3, label=arm,
+                    color=colour)
             if kind == "eval":
                 late = [r["val_late_loss"] for r in rows]
-                ax.plot(x, late, "x--", ms=3, alpha=0.6, label=f"{arm} (last quarter)")
+                ax.plot(x, late, "x--", ms=3, alpha=0.6, label=f"{arm} (last quarter)",
+                        color=colour)
         switch = stage1 * tokens_per_step / 1e6 if tokens_per_step else stage1
         ax.axvline(switch, color="grey", ls=":", label="lighthouse -> dense recovery")
         ax.set(xlabel="training tokens (millions)" if tokens_per_step else "step",
