@@ -213,10 +213,13 @@ class GgufSummary:
     Attributes:
         architecture: llama.cpp's architecture name (`general.architecture`), e.g. "llama".
         tensor_names: every tensor in the file, in llama.cpp's naming, e.g. "blk.0.attn_q.weight".
+        special_tokens: the ids the file names for "bos", "eos", "unk" and "pad"
+            (`tokenizer.ggml.<role>_token_id`), those it names.
     """
 
     architecture: str
     tensor_names: tuple[str, ...]
+    special_tokens: tuple[tuple[str, int], ...] = ()
 
 
 def read_gguf_summary(path: Path) -> GgufSummary:
@@ -244,8 +247,14 @@ def _read_gguf_summary(path: str, size: int, mtime_ns: int) -> GgufSummary:
     data_end = max((tensor.data_offset + tensor.n_bytes for tensor in reader.tensors), default=0)
     if data_end > size:
         raise _corrupt(Path(path), f"{size} bytes on disk, the tensors need {data_end}")
+    special = []
+    for role, key in (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("pad", "padding")):
+        field = reader.fields.get(f"tokenizer.ggml.{key}_token_id")
+        if field is not None and field.data:
+            special.append((role, int(field.parts[field.data[0]][0])))
     return GgufSummary(
-        architecture=architecture, tensor_names=tuple(tensor.name for tensor in reader.tensors)
+        architecture=architecture, tensor_names=tuple(tensor.name for tensor in reader.tensors),
+        special_tokens=tuple(special),
     )
 
 

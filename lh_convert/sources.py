@@ -31,6 +31,7 @@ from transformers import (
 
 from .checkpoint import (
     SAFETENSORS_INDEX_NAME,
+    GgufSummary,
     atomic_directory,
     read_gguf_summary,
     unloaded_gguf_tensors,
@@ -358,13 +359,28 @@ def load_tokenizer(source: Source) -> Any:
             "of the original model into that folder"
         )
     try:
-        return AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+        tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
     except (OSError, ValueError) as error:
         first_line = (str(error).strip().splitlines() or [""])[0]
         raise LhConvertError(
             f"cannot load the tokenizer from {source.path} ({first_line}); copy the tokenizer "
             "files of the original model into that folder"
         ) from error
+    if source.gguf_file is not None:
+        _use_gguf_special_tokens(tokenizer, read_gguf_summary(source.path / source.gguf_file))
+    return tokenizer
+
+
+def _use_gguf_special_tokens(tokenizer: Any, summary: GgufSummary) -> None:
+    """Set BOS/EOS/UNK/PAD to the ids the GGUF file names.
+
+    transformers' GGUF tokenizer conversion does not always keep them: 5.17 gives
+    SmolLM2-135M-Instruct EOS = `<|im_start|>` (id 1) where the file says id 2
+    (`<|im_end|>`), which 5.23 reads right. The file is the authority, whatever the version.
+    """
+    for role, token_id in summary.special_tokens:
+        if 0 <= token_id < len(tokenizer) and getattr(tokenizer, f"{role}_token_id") != token_id:
+            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(token_id))
 
 
 def _check_loading_info(info: dict[str, Any], *, where: Path) -> None:

@@ -464,3 +464,29 @@ def test_gguf_model_predicts_english(smollm2: dict) -> None:
         loss = model(ids, labels=ids).loss.item()
     print(f"SmolLM2-135M-Instruct Q4_1: loss {loss:.3f} nats/token over {ids.shape[1]} tokens")
     assert math.isfinite(loss) and loss < 4.0
+
+
+def test_gguf_summary_reads_the_special_token_ids(smollm2_gguf: Path) -> None:
+    from lh_convert.checkpoint import read_gguf_summary
+
+    assert dict(read_gguf_summary(smollm2_gguf).special_tokens) == {
+        "bos": 1, "eos": 2, "unk": 0, "pad": 2}
+
+
+def test_the_gguf_file_decides_the_special_tokens(tiny_tokenizer) -> None:
+    """transformers 5.17 reads SmolLM2's EOS from its GGUF as `<|im_start|>` (id 1) although
+    the file says id 2; whatever a version reads, the file's ids win."""
+    from lh_convert.checkpoint import GgufSummary
+    from lh_convert.sources import _use_gguf_special_tokens
+
+    import copy
+
+    tokenizer = copy.deepcopy(tiny_tokenizer)  # the fixture is shared by the session
+    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(bos)  # what a wrong reading gives
+    summary = GgufSummary(architecture="llama", tensor_names=(),
+                          special_tokens=(("bos", bos), ("eos", eos), ("pad", eos)))
+    _use_gguf_special_tokens(tokenizer, summary)
+    got = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    assert got == (bos, eos, eos)
+    assert tiny_tokenizer.eos_token_id == eos
