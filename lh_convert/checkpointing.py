@@ -33,6 +33,14 @@ from .errors import LhConvertError
 MODES = ("selective", "full", "none")
 
 
+def checkpointing_mode(value: str | bool) -> str:
+    """A recipe's ``activation_checkpointing`` as a mode name: ``True`` is ``"selective"``,
+    ``False`` is ``"none"``, a name stays itself (checked by ``wrap_decoder_layers``)."""
+    if isinstance(value, bool):
+        return "selective" if value else "none"
+    return value
+
+
 def _saved_ops() -> frozenset:
     """The ops whose outputs selective checkpointing keeps (those that exist in this torch)."""
     names = ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
@@ -62,7 +70,7 @@ def wrap_decoder_layers(model: torch.nn.Module, *, checkpointing: str | bool,
     """
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-    mode = {True: "selective", False: "none"}.get(checkpointing, checkpointing)
+    mode = checkpointing_mode(checkpointing)
     if mode not in MODES:
         raise LhConvertError(f"activation checkpointing {checkpointing!r} is not known; choose "
                              f"one of {', '.join(MODES)}")

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from .attention import LighthouseSettings
+from .checkpointing import MODES as CHECKPOINTING_MODES
+from .checkpointing import checkpointing_mode
 from .errors import LhConvertError
 from .rope import ROPE_METHODS
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("bf16", "fp32")
-CHECKPOINTING = ("selective", "full", "none")
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,8 @@ class TrainSettings:
 
     @property
     def checkpointing_mode(self) -> str:
-        """``activation_checkpointing`` as one of ``CHECKPOINTING``."""
-        value = self.activation_checkpointing
-        return {True: "selective", False: "none"}.get(value, value) if isinstance(value, bool) \
-            else value
+        """``activation_checkpointing`` as one of ``checkpointing.MODES``."""
+        return checkpointing_mode(self.activation_checkpointing)
 
     @property
     def recovery_steps(self) -> int:
@@ -98,9 +97,9 @@ class TrainSettings:
             return f"precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}"
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             return f"beta1={self.beta1}, beta2={self.beta2}: need values in [0, 1)"
-        if self.checkpointing_mode not in CHECKPOINTING:
+        if self.checkpointing_mode not in CHECKPOINTING_MODES:
             return (f"activation_checkpointing={self.activation_checkpointing!r}: choose one of "
-                    f"{', '.join(CHECKPOINTING)} (or true/false)")
+                    f"{', '.join(CHECKPOINTING_MODES)} (or true/false)")
         if self.grad_clip <= 0:
             return f"grad_clip={self.grad_clip}: needs a value > 0 (try 1.0)"
         if self.cp > 1 and self.compile:
