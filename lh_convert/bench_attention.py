@@ -9,10 +9,9 @@ and one final JSON line; writes the JSON and a log-log PNG plot.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from lighthouse_kernels import LighthouseConfig, lighthouse_attention, lighthouse_attention_ref
 
 from .errors import LhConvertError
+from .train import deterministic_algorithms
 
 
 @dataclass(frozen=True)
@@ -96,17 +96,6 @@ def check_against_reference(*, n: int, config: LighthouseConfig, heads: int, dim
         raise LhConvertError(f"determinism check failed at N={n}: output/dQ/dK/dV equal = "
                              f"{'/'.join(str(x) for x in same)}")
     return max(errors), same[1]
-
-
-@contextlib.contextmanager
-def deterministic_algorithms(enabled: bool) -> Iterator[None]:
-    """``torch.use_deterministic_algorithms(enabled)`` for the duration, then the old setting."""
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(enabled)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous)
 
 
 def check_length(n: int, config: LighthouseConfig, *, cap: int = 32768) -> int:

@@ -163,15 +163,24 @@ def run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env:
     ``stop_after`` ends the run early after that many steps (tests; the checkpoint is saved).
     With ``train.deterministic`` the stage runs under ``torch.use_deterministic_algorithms``.
     """
-    previous = torch.are_deterministic_algorithms_enabled()
-    if recipe.train.deterministic:
-        # cuBLAS reads this when its first handle is made; SDPA's backward then runs its
-        # deterministic path (Lighthouse's own kernels always do).
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-    try:
+    with deterministic_algorithms(True) if recipe.train.deterministic else contextlib.nullcontext():
         return _run_stage(run_dir=run_dir, recipe=recipe, stage=stage, data=data, env=env,
                           echo=echo, progress=progress, stop_after=stop_after)
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(enabled)`` for the duration, then the old setting.
+
+    Enabled, SDPA's backward runs its deterministic path (Lighthouse's own kernels always
+    are); cuBLAS reads ``CUBLAS_WORKSPACE_CONFIG`` when its first handle is made.
+    """
+    previous = torch.are_deterministic_algorithms_enabled()
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+    try:
+        yield
     finally:
         torch.use_deterministic_algorithms(previous)
 
