@@ -354,13 +354,6 @@ def enable_context_parallel(model: torch.nn.Module, *, plan: ContextParallelPlan
 # ---- the loss ------------------------------------------------------------------------------------
 
 
-def _chunked_loss_sum(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor, *,
-                      chunk: int) -> torch.Tensor:
-    """Cross-entropy summed over this rank's positions, ``chunk`` at a time (``lh_convert.loss``:
-    logits never exist for the whole shard, and are not recomputed in the backward)."""
-    return linear_cross_entropy_sum(hidden, head, labels, chunk=chunk)
-
-
 def _global_mean(total: torch.Tensor, count: torch.Tensor, *, plan: ContextParallelPlan
                  ) -> torch.Tensor:
     """The whole sequence's mean loss as the value; ``cp * local sum / global count`` as the
@@ -390,13 +383,13 @@ class ContextParallelLoss(torch.nn.Module):
                                use_cache=False).last_hidden_state
         head = self.lm.get_output_embeddings()
         counted = shard.labels != IGNORE
-        loss = _global_mean(_chunked_loss_sum(hidden, head, shard.labels, chunk=self.chunk),
-                            counted.sum(), plan=self.plan)
+        total = linear_cross_entropy_sum(hidden, head, shard.labels, chunk=self.chunk)
+        loss = _global_mean(total, counted.sum(), plan=self.plan)
         late = None
         if late_fraction is not None:
             first = int((input_ids.shape[1] - 1) * (1 - late_fraction))
             late_labels = shard.labels.masked_fill(shard.position_ids < first, IGNORE)
             with torch.no_grad():
-                late_total = _chunked_loss_sum(hidden, head, late_labels, chunk=self.chunk)
+                late_total = linear_cross_entropy_sum(hidden, head, late_labels, chunk=self.chunk)
                 late = _global_mean(late_total, (late_labels != IGNORE).sum(), plan=self.plan)
         return loss, late

@@ -27,13 +27,13 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from .checkpointing import wrap_decoder_layers
 from .data import DataSpec, tokenize_corpus
 from .errors import LhConvertError
 from .loss import CausalLMLoss
 from .manifest import read_manifest
 from .packing import PackedSequences, batch_iterator
 from .recipes import Recipe
-from .checkpointing import wrap_decoder_layers
 from .runs import load_run_model
 from .train_state import (
     TrainState,
@@ -219,7 +219,6 @@ def _run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env
         echo("torch.compile: the first step (and the first validation) compiles the decoder "
              "layers, about a minute, before the progress bar moves")
     sharded = dist.is_initialized()  # several processes, or one GPU (see init_distributed)
-    wrapper = CausalLMLoss(model, chunk=train.loss_chunk, compiled=train.compile)
     data_rank, data_world = env.rank, env.world
     if train.cp > 1:  # a (dp, cp) mesh; FSDP2 below still shards over all dp*cp ranks
         # Imported here: it uses PyTorch's private ring-attention modules, which only CP needs.
@@ -232,6 +231,8 @@ def _run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env
         data_rank, data_world = plan.dp_rank, plan.dp
         if env.main:
             echo(f"context parallelism: dp={plan.dp} x cp={plan.cp}")
+    else:
+        wrapper = CausalLMLoss(model, chunk=train.loss_chunk, compiled=train.compile)
     if sharded:
         fsdp_shard(wrapper, precision=train.precision)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, betas=(train.beta1, train.beta2),
