@@ -81,7 +81,8 @@ def make_plan(*, recipe: Recipe, world_size: int = 1) -> Plan:
     micro_tokens = train.micro_batch_size * ctx
     # fp32 weights + grads + two Adam moments, sharded over the ranks; bf16 activations.
     states = parameters * 16 / world_size
-    per_layer_activation = micro_tokens * hidden * 2 * (1 if train.checkpointing_mode != "none" else 34)
+    checkpointed = train.checkpointing_mode != "none"
+    per_layer_activation = micro_tokens * hidden * 2 * (1 if checkpointed else 34)
     activations = per_layer_activation * layers + micro_tokens * hidden * 2 * 34
     logits = min(train.loss_chunk, ctx) * config.vocab_size * 4 * 3 * train.micro_batch_size
     memory = (states + activations + logits) / 2**30
@@ -89,7 +90,7 @@ def make_plan(*, recipe: Recipe, world_size: int = 1) -> Plan:
     embedding = config.vocab_size * hidden
     head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
     attn_width = config.num_attention_heads * head_dim
-    matmul = 6 * (parameters - embedding) * tokens * (1.33 if train.checkpointing_mode != "none" else 1)
+    matmul = 6 * (parameters - embedding) * tokens * (1.33 if checkpointed else 1)
     # causal attention, forward + backward (+ recompute): about 3.5 x 2 x N^2 x width per layer.
     def attention(n: int) -> float:
         return 3.5 * 2 * n * n * attn_width * train.micro_batch_size * train.grad_accum * world_size
@@ -111,8 +112,10 @@ def print_plan(plan: Plan, *, recipe: Recipe, echo: Callable[[str], None]) -> No
          f"N = {plan.ctx} tokens ({plan.ctx / plan.selected:.1f}x shorter); the other layers dense")
     echo(f"steps         stage 1 {train.stage1_steps} (Lighthouse), recovery {train.recovery_steps} "
          f"(dense), {plan.tokens_per_step:,} tokens per step")
+    mode = train.checkpointing_mode
+    checkpointing = f" with {mode} checkpointing" if mode != "none" else ""
     echo(f"memory        ~{plan.memory_gib:.1f} GiB per device (estimate: weights, grads, AdamW, "
-         f"activations{' with ' + train.checkpointing_mode + ' checkpointing' if train.checkpointing_mode != 'none' else ''}, loss chunk)")
+         f"activations{checkpointing}, loss chunk)")
     echo(f"time/step     ~{plan.step_seconds_lighthouse:.2f}s Lighthouse, "
          f"~{plan.step_seconds_dense:.2f}s dense on {plan.device} (estimate from FLOPs)")
     for problem in plan.problems:
