@@ -304,7 +304,12 @@ def step_eval(layout: Layout, args: argparse.Namespace) -> None:
     for name in args.models.split(","):
         folder = layout.runs / name
         if name in made and not (folder / "manifest.json").is_file():
-            extra = ("--levels", "2", "--topk", "128", "--tile", "64") if args.rehearsal else ()
+            if args.rehearsal:
+                extra = ("--levels", "2", "--topk", "128", "--tile", "64")
+            elif name == "original":  # the recipe's top-k needs >= 32K; this one is never trained
+                extra = ("--topk", "512")
+            else:
+                extra = ()
             run(layout, "eval", cli("convert", "--model", MODEL, "--out", str(folder),
                                     *made[name], *extra))
         if not folder.is_dir():
@@ -406,7 +411,8 @@ def step_pack(layout: Layout, args: argparse.Namespace) -> None:
 def step_report(layout: Layout, args: argparse.Namespace) -> None:
     from report import write_report  # evals/replication/report.py
 
-    write_report(archive=Path(args.archive or layout.root / "replication.tar.gz"),
+    archives = [Path(a) for a in args.archive] or [layout.root / "replication.tar.gz"]
+    write_report(archives=archives,
                  out=Path(args.out), args=args, budget=budget(args))
 
 
@@ -448,7 +454,9 @@ def main() -> None:
                         help="validation windows of the longest length for the loss by length")
     parser.add_argument("--no-wheels", dest="wheels", action="store_false",
                         help="prepare: do not download the wheels")
-    parser.add_argument("--archive", default=None, help="report: the packed .tar.gz")
+    parser.add_argument("--archive", action="append", default=[],
+                        help="report: a packed .tar.gz; repeat it to merge the archives of "
+                             "several device machines, in the order they ran")
     parser.add_argument("--out", default="docs/replication", help="report: folder for the plots")
     args = parser.parse_args()
     sys.path[:0] = [str(REPO), str(REP / "site")]
