@@ -10,12 +10,14 @@ Steps (each one device call or less; see README.md beside this file):
            eval      original 8K model, rope-only (no training), dense, lighthouse: validation
                      loss by length from the token folder, and `lh-convert eval`'s long-context suite
            pack      the small outputs into one .tar.gz under $OUT
+           save, restore  .rep to and from /tmp (the machine keeps /tmp between calls, not .rep)
   here:    report    unpack it into plots and a Markdown section for docs/results.md
 
 Both arms run the same two commands (`lh-convert extend`, then `lh-convert recover`) on the same
 recipe, seed, data order and learning-rate schedule; the dense arm's recipe lists every layer
 in `dense_layers`, so its "stage 1" is dense SDPA too and its switch changes nothing.
-Everything lives under `.rep/` (ignored by git), which a warm device machine keeps between calls.
+Everything lives under `.rep/` (ignored by git); `save` and `restore` carry it over from one
+device call to the next through /tmp, which the warm machine keeps.
 `--rehearsal` runs the same steps at CPU scale (512 context, 2 steps) under `.rep/rehearsal/`.
 """
 
@@ -34,6 +36,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 REP = REPO / ".rep"
+KEEP = Path(os.environ.get("LH_REPLICATION_KEEP", "/tmp/lh-replication"))  # see step_save
 MODEL = "smollm2-135m-gguf"
 ARMS = ("dense", "lighthouse")
 MODELS = ("original", "rope-only", "dense", "lighthouse")
@@ -416,7 +419,34 @@ def step_report(layout: Layout, args: argparse.Namespace) -> None:
                  out=Path(args.out), args=args, budget=budget(args))
 
 
-STEPS = {"prepare": step_prepare, "stage-a": step_stage_a, "join": step_join,
+def step_save(layout: Layout, args: argparse.Namespace) -> None:
+    """Copy .rep to KEEP, outside the repository: the GPU machine does not keep .rep between
+    calls (seen 2026-11-29: each call found only the paths it carried there), /tmp it keeps."""
+    scratch = KEEP.with_name(KEEP.name + ".tmp")
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.copytree(REP, scratch, symlinks=True)
+    shutil.rmtree(KEEP, ignore_errors=True)
+    scratch.rename(KEEP)
+    print(f"saved {REP} to {KEEP}")
+
+
+def step_restore(layout: Layout, args: argparse.Namespace) -> None:
+    """Put back what `save` kept and .rep lacks (what a call carried stays as carried)."""
+    if not KEEP.is_dir():
+        print(f"restore: nothing kept in {KEEP} yet")
+        return
+    REP.mkdir(exist_ok=True)
+    for entry in sorted(KEEP.iterdir()):
+        target = REP / entry.name
+        if not target.exists() and not target.is_symlink():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.copytree(entry, target, symlinks=True)
+            else:
+                shutil.copy2(entry, target, follow_symlinks=False)
+            print(f"restored {target}")
+
+
+STEPS = {"prepare": step_prepare, "save": step_save, "restore": step_restore, "stage-a": step_stage_a, "join": step_join,
          "dense": lambda layout, args: step_arm(layout, args, "dense"),
          "lighthouse": lambda layout, args: step_arm(layout, args, "lighthouse"),
          REPEAT: lambda layout, args: step_arm(layout, args, REPEAT, seed=args.seed + 1),

@@ -18,6 +18,7 @@ from pathlib import Path
 ARMS = ("dense", "lighthouse")
 MODELS = ("original", "rope-only", "dense", "lighthouse")
 REPEAT = "dense-repeat"  # the dense arm with seed + 1, when it was run: the run-to-run spread
+STAGES = {"lighthouse": "1", "dense": "2 (recovery)"}  # the training stages' names in metrics
 COLOURS = {"dense": "tab:orange", "lighthouse": "tab:blue", REPEAT: "tab:gray"}
 
 
@@ -53,8 +54,10 @@ def _arm_numbers(metrics: list[dict], stage1: int) -> dict:
         numbers["jump"] = after[0] - level
         smoothed = [sum(after[max(0, i - 2):i + 1]) / len(after[max(0, i - 2):i + 1])
                     for i in range(len(after))]
-        numbers["recovery_steps"] = next((i + 1 for i, v in enumerate(smoothed) if v <= level),
-                                         None)
+        # The paper's sense: steps until the loss is back at stage 1's level after a jump up.
+        # When the loss falls at the switch there is nothing to recover in that sense.
+        numbers["recovery_steps"] = "n/a (fell)" if numbers["jump"] <= 0 else next(
+            (i + 1 for i, v in enumerate(smoothed) if v <= level), "not within the run")
     val_before = [r for r in evals if r["step"] <= stage1]
     val_after = [r for r in evals if r["step"] > stage1]
     if val_before and val_after:
@@ -99,14 +102,36 @@ def _plot(root: Path, out: Path, stage1: int, tokens_per_step: int | None) -> li
     return written
 
 
-def write_report(*, archive: Path, out: Path, args: argparse.Namespace,
+def merge_archives(archives: list[Path], root: Path) -> None:
+    """Unpack `archives` into `root` in order: a later archive's file replaces an earlier one's,
+    except the logs (`*.log`, `*.jsonl` outside runs/), whose lines are appended once each, so
+    calls on different device machines (each packing what it has) add up to one record."""
+    for index, archive in enumerate(archives):
+        part = root.parent / f"{root.name}.part{index}"
+        with tarfile.open(archive) as tar:
+            tar.extractall(part, filter="data")
+        for path in sorted(p for p in part.rglob("*") if p.is_file()):
+            target = root / path.relative_to(part)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            appended = path.suffix == ".log" or (path.suffix == ".jsonl" and
+                                                 path.relative_to(part).parts[0] != "runs")
+            if appended and target.is_file():
+                known = set(target.read_text().splitlines())
+                new = [line for line in path.read_text().splitlines() if line not in known]
+                with target.open("a") as handle:
+                    handle.writelines(line + "\n" for line in new)
+            else:
+                shutil.copyfile(path, target)
+        shutil.rmtree(part)
+
+
+def write_report(*, archives: list[Path], out: Path, args: argparse.Namespace,
                  budget: tuple[int, int]) -> None:
     stage1, recovery = budget
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
-        root = Path(scratch)
-        with tarfile.open(archive) as tar:
-            tar.extractall(root, filter="data")
+        root = Path(scratch) / "merged"
+        merge_archives(archives, root)
         recipe = json.loads((root / "runs" / "lighthouse" / "recipe.json").read_text()) \
             if (root / "runs" / "lighthouse" / "recipe.json").is_file() else None
         first = [r for arm in ARMS for r in _jsonl(root / "runs" / arm / "metrics.jsonl")
@@ -115,7 +140,7 @@ def write_report(*, archive: Path, out: Path, args: argparse.Namespace,
         if recipe is not None:
             stage1 = recipe["recipe"]["train"]["stage1_steps"]
         plots = _plot(root, out, stage1, tokens_per_step)
-        for model in MODELS:
+        for model in (*MODELS, REPEAT):
             for png in sorted((root / "eval" / model).glob("*.png")):
                 shutil.copyfile(png, out / f"{model}-{png.name}")
                 plots.append(f"{model}-{png.name}")
@@ -125,19 +150,48 @@ def write_report(*, archive: Path, out: Path, args: argparse.Namespace,
     print(f"report: {out / 'section.md'} and {len(plots)} plots in {out}")
 
 
+def _paired_gaps(root: Path, arms: list[str], stage1: int) -> list[str]:
+    """Training loss minus the dense arm's at the same step, averaged over spans of steps.
+    Every arm reads the same batches in the same order, so step for step this is a paired
+    comparison: the gap at the end of recovery is what the switch has not yet won back."""
+    loss = {arm: {r["step"]: r["loss"] for r in _jsonl(root / "runs" / arm / "metrics.jsonl")
+                  if r["kind"] == "train"} for arm in arms}
+    if not loss.get("dense") or len(loss) < 2:
+        return []
+    last = max(loss["dense"])
+    chunk = max(1, (last - stage1) // 4)
+    spans = [(1, stage1)] if stage1 <= 20 else [(1, 10), (stage1 - 9, stage1)]
+    spans += [(start, min(start + chunk - 1, last)) for start in range(stage1 + 1, last + 1, chunk)]
+    lines = ["", "Training loss minus the dense arm's on the same batches (mean over the steps; "
+             "the seed + 1 repeat reads other batches, so its row is the noise of this "
+             "comparison):", "",
+             "| arm | " + " | ".join(f"steps {a}-{b}" for a, b in spans) + " |",
+             "|---|" + "---|" * len(spans)]
+    for arm in (a for a in arms if a != "dense"):
+        cells = []
+        for a, b in spans:
+            gaps = [loss[arm][s] - loss["dense"][s] for s in range(a, b + 1)
+                    if s in loss[arm] and s in loss["dense"]]
+            cells.append(f"{sum(gaps) / len(gaps):+.3f}" if gaps else "-")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _markdown(root: Path, *, stage1: int, tokens_per_step: int | None, plots: list[str],
               out: Path) -> list[str]:
     timings = _jsonl(root / "timings.jsonl")
     lines = ["### Training (same seed, data order, schedule and token budget)", "",
-             "| arm | stage | steps | tokens | step time (s) | median tokens/s | peak GiB |",
-             "|---|---|---|---|---|---|---|"]
+             "| arm | stage | attention | steps | tokens | step time (s) | median tokens/s | "
+             "peak GiB |", "|---|---|---|---|---|---|---|---|"]
     arms = [*ARMS, REPEAT] if (root / "runs" / REPEAT / "metrics.jsonl").is_file() else list(ARMS)
     numbers = {arm: _arm_numbers(_jsonl(root / "runs" / arm / "metrics.jsonl"), stage1)
                for arm in arms}
     for arm in arms:
         for stage, s in numbers[arm]["stages"].items():
             tokens = s["steps"] * tokens_per_step if tokens_per_step else 0
-            lines.append(f"| {arm} | {stage} | {s['steps']} | {tokens / 1e6:.2f}M | "
+            attention = "Lighthouse" if arm == "lighthouse" and stage == "lighthouse" else "dense"
+            lines.append(f"| {arm} | {STAGES[stage]} | {attention} | {s['steps']} | "
+                         f"{tokens / 1e6:.2f}M | "
                          f"{s['seconds']:.0f} | {s['tokens_per_s']:,.0f} | {s['memory_gib']:.1f} |")
     walls = {arm: sum(t["seconds"] for t in timings if t["step"] == arm) for arm in ARMS}
     steps = {arm: sum(s["seconds"] for s in numbers[arm]["stages"].values()) for arm in ARMS}
@@ -147,7 +201,9 @@ def _markdown(root: Path, *, stage1: int, tokens_per_step: int | None, plots: li
                   f"{walls['lighthouse']:.0f}s ({walls['lighthouse'] / walls['dense']:.2f}x); "
                   f"training steps alone: dense {steps['dense']:.0f}s, lighthouse "
                   f"{steps['lighthouse']:.0f}s ({steps['lighthouse'] / max(steps['dense'], 1e-9):.2f}x)."]
-    lines += ["", "| arm | final val loss | final val loss, last quarter | train-loss jump at the "
+    lines += ["", "Validation during stage 1 runs the stage's own attention (Lighthouse in the "
+              "lighthouse arm); after the switch, and in every later table, it is dense.",
+              "", "| arm | final val loss | final val loss, last quarter | train-loss jump at the "
               "switch | val-loss jump | recovery steps |", "|---|---|---|---|---|---|"]
     for arm in arms:
         n = numbers[arm]
@@ -158,6 +214,7 @@ def _markdown(root: Path, *, stage1: int, tokens_per_step: int | None, plots: li
         spread = abs(numbers[REPEAT]["final_val"] - numbers["dense"]["final_val"])
         lines += ["", f"Run-to-run spread: the dense arm run twice (`--seed` and `--seed` + 1, "
                   f"another data order) ends {spread:.4f} apart in final validation loss."]
+    lines += _paired_gaps(root, arms, stage1)
     lines += ["", "### Validation loss by length (first L positions of each window; mean ± "
               "standard error over windows; last quarter of those L positions after the slash)", ""]
     valloss = {m: json.loads((root / "eval" / m / "valloss.json").read_text())
@@ -201,6 +258,7 @@ def _markdown(root: Path, *, stage1: int, tokens_per_step: int | None, plots: li
                      for s in summaries.values()]
             lines.append(f"| {start:,}-{end:,} | " + " | ".join(cells) + " |")
     lines += ["", "### Commands and their wall times", ""]
-    lines += [f"- `{t['command']}`: {t['seconds']:.0f}s" for t in timings]
+    lines += [f"- `{t['command']}`: {t['seconds']:.0f}s" +
+              (f" (failed, exit {t['exit']})" if t.get("exit") else "") for t in timings]
     lines += ["", "Plots: " + ", ".join(f"![{p}]({out.as_posix()}/{p})" for p in plots)]
     return lines

@@ -1,0 +1,141 @@
+"""The replication's `report` step (evals/replication/report.py): archives packed on different
+device machines merge into one record (later files replace earlier ones, logs add up without
+repeats), and the section it writes states the arms' numbers computed from the metrics.
+CPU, offline, synthetic archives, under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPORT = Path(__file__).resolve().parents[2] / "evals" / "replication" / "report.py"
+
+
+@pytest.fixture(scope="module")
+def report():
+    spec = importlib.util.spec_from_file_location("replication_report", REPORT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _archive(path: Path, files: dict[str, str]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def _metrics(stage1_loss: float, recovery_loss: float, step_s: tuple[float, float]) -> str:
+    """4 steps (2 + 2) of 1M tokens each, an eval row after each stage."""
+    rows = []
+    for step in range(1, 5):
+        stage = "lighthouse" if step <= 2 else "dense"
+        rows.append({"kind": "train", "stage": stage, "step": step, "tokens": 10**6 * step,
+                     "loss": stage1_loss if step <= 2 else recovery_loss,
+                     "tokens_per_s": 10**6 / step_s[step > 2], "step_s": step_s[step > 2],
+                     "memory_gib": 1.0})
+        if step in (2, 4):
+            rows.append({"kind": "eval", "stage": stage, "step": step,
+                         "val_loss": stage1_loss if step == 2 else recovery_loss,
+                         "val_late_loss": stage1_loss + 0.1})
+    return _jsonl(rows)
+
+
+def _timing(step: str, seconds: float) -> dict:
+    return {"step": step, "command": f"python3 -m lh_convert.cli {step}", "seconds": seconds,
+            "exit": 0}
+
+
+def test_archives_from_two_machines_merge_into_one_record(report, tmp_path):
+    shared = _timing("dense", 100.0)
+    first = _archive(tmp_path / "one.tar.gz", {
+        "runs/dense/metrics.jsonl": _jsonl([{"kind": "eval", "step": 1}]),
+        "timings.jsonl": _jsonl([shared, _timing("lighthouse", 60.0)]),
+        "logs/eval.log": "first machine\n"})
+    second = _archive(tmp_path / "two.tar.gz", {
+        "runs/dense/metrics.jsonl": _jsonl([{"kind": "eval", "step": 2}]),
+        "timings.jsonl": _jsonl([shared, _timing("eval", 30.0)]),
+        "logs/eval.log": "second machine\n",
+        "eval/original/valloss.json": "{}"})
+    root = tmp_path / "merged"
+    report.merge_archives([first, second], root)
+
+    timings = [json.loads(line) for line in (root / "timings.jsonl").read_text().splitlines()]
+    assert [t["step"] for t in timings] == ["dense", "lighthouse", "eval"]  # the repeat once
+    assert (root / "logs" / "eval.log").read_text() == "first machine\nsecond machine\n"
+    # A run's own metrics are one file of one run: the later archive's copy replaces it.
+    assert json.loads((root / "runs/dense/metrics.jsonl").read_text())["step"] == 2
+    assert (root / "eval/original/valloss.json").is_file()
+    assert not list(tmp_path.glob("merged.part*"))  # the scratch folders are gone
+
+
+def test_section_reports_the_arms_from_their_metrics(report, tmp_path):
+    recipe = {"recipe": {"train": {"stage1_steps": 2}}}
+    archive = _archive(tmp_path / "run.tar.gz", {
+        "runs/dense/metrics.jsonl": _metrics(2.0, 1.5, (4.0, 4.0)),
+        "runs/lighthouse/metrics.jsonl": _metrics(3.0, 1.75, (1.0, 4.0)),
+        "runs/lighthouse/recipe.json": json.dumps(recipe),
+        "timings.jsonl": _jsonl([_timing("dense", 200.0), _timing("lighthouse", 120.0)])})
+    out = tmp_path / "report"
+    report.write_report(archives=[archive], out=out, args=argparse.Namespace(), budget=(2, 2))
+    section = (out / "section.md").read_text()
+
+    # Tokens from the step size (1M tokens a step), tokens/s as the median over the stage.
+    assert "| lighthouse | 1 | Lighthouse | 2 | 2.00M | 2 | 1,000,000 |" in section
+    assert "| lighthouse | 2 (recovery) | dense | 2 | 2.00M | 8 | 250,000 |" in section
+    assert "| dense | 1 | dense | 2 | 2.00M | 8 | 250,000 |" in section
+    # Wall time from timings (120 / 200), training steps alone from step_s ((2 + 8) / 16).
+    assert "dense 200s, lighthouse 120s (0.60x)" in section
+    assert "dense 16s, lighthouse 10s (0.62x)" in section
+    # Final validation loss and the jump at the switch (recovery minus stage 1's last).
+    assert "| lighthouse | 1.7500 |" in section
+    assert "| -1.2500 |" in section
+    # Paired with the dense arm step for step: +1 over stage 1, +0.25 over each recovery step.
+    assert "| arm | steps 1-2 | steps 3-3 | steps 4-4 |" in section
+    assert "| lighthouse | +1.000 | +0.250 | +0.250 |" in section
+    assert (out / "val_loss.png").stat().st_size > 0 and (out / "train_loss.png").is_file()
+
+
+def test_save_and_restore_carry_rep_across_device_calls(tmp_path, monkeypatch):
+    """The GPU machine wipes .rep between calls but keeps /tmp: `save` copies .rep out,
+    `restore` puts back what is missing and leaves what the new call carried as it is."""
+    spec = importlib.util.spec_from_file_location("replication_driver",
+                                                  REPORT.with_name("replicate.py"))
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    rep, keep = tmp_path / ".rep", tmp_path / "keep"
+    monkeypatch.setattr(driver, "REP", rep)
+    monkeypatch.setattr(driver, "KEEP", keep)
+    (rep / "runs" / "dense").mkdir(parents=True)
+    (rep / "runs" / "dense" / "metrics.jsonl").write_text("dense\n")
+    (rep / "site").mkdir()
+    (rep / "site" / "kernels").symlink_to(tmp_path, target_is_directory=True)
+    (rep / "b").mkdir()
+    (rep / "b" / "part").write_text("old part\n")
+    driver.step_save(None, None)
+
+    shutil.rmtree(rep)  # the next call: only its carried path is there
+    (rep / "b").mkdir(parents=True)
+    (rep / "b" / "part").write_text("carried part\n")
+    driver.step_restore(None, None)
+
+    assert (rep / "runs" / "dense" / "metrics.jsonl").read_text() == "dense\n"
+    assert (rep / "site" / "kernels").is_symlink()  # links stay links
+    assert (rep / "b" / "part").read_text() == "carried part\n"  # what was carried wins
+    assert not keep.with_name("keep.tmp").exists()
