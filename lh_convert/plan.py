@@ -13,7 +13,7 @@ import torch
 
 from .attention import LighthouseSettings
 from .errors import LhConvertError
-from .recipes import Recipe
+from .recipes import Recipe, TrainSettings
 from .rope import plan_rope_change
 from .sources import load_config, resolve_source
 from .surgery import check_lighthouse_settings, parse_context
@@ -23,6 +23,19 @@ from .surgery import check_lighthouse_settings, parse_context
 # Lighthouse; this model gives 2.0 s and 0.6 s); the others scaled by their peak.
 ASSUMED_TFLOPS = {"NVIDIA H200": 500.0, "NVIDIA H100": 450.0, "NVIDIA B200": 900.0}
 CPU_TFLOPS = 0.05
+# Below this many recovery steps, `plan` and `extend` say what short recoveries have measured.
+# The paper's loss took 1,000-1,500 dense steps to recover from the switch (SPEC.md section 5).
+SHORT_RECOVERY_STEPS = 1000
+
+
+def recovery_note(train: TrainSettings) -> str | None:
+    """An advisory line for a Lighthouse stage 1 followed by a short recovery."""
+    if train.recovery_steps >= SHORT_RECOVERY_STEPS:
+        return None
+    return (f"recovery has {train.recovery_steps} dense steps; the paper's loss took 1,000-1,500 "
+            f"to recover, and SmolLM2-135M at 64K after 60 Lighthouse + 20 recovery steps ended "
+            f"0.51 nats above dense continued training (docs/results.md): give recovery more "
+            f"steps (`recover --steps`) and compare with a dense run")
 
 
 @dataclass(frozen=True)
@@ -118,5 +131,8 @@ def print_plan(plan: Plan, *, recipe: Recipe, echo: Callable[[str], None]) -> No
          f"activations{checkpointing}, loss chunk)")
     echo(f"time/step     ~{plan.step_seconds_lighthouse:.2f}s Lighthouse, "
          f"~{plan.step_seconds_dense:.2f}s dense on {plan.device} (estimate from FLOPs)")
+    note = recovery_note(train) if plan.lighthouse_layers else None
+    if note:
+        echo(f"NOTE          {note}")
     for problem in plan.problems:
         echo(f"PROBLEM       {problem}")

@@ -33,6 +33,7 @@ from .errors import LhConvertError
 from .loss import CausalLMLoss
 from .manifest import read_manifest
 from .packing import PackedSequences, batch_iterator
+from .plan import recovery_note
 from .recipes import Recipe
 from .runs import load_run_model
 from .train_state import (
@@ -213,6 +214,9 @@ def _run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env
     if env.main:
         echo(f"attention probe: {report.summary()}" if stage == LIGHTHOUSE_STAGE else
              f"attention probe: all {manifest.num_layers} layers dense (recovery stage)")
+        note = recovery_note(train) if stage == LIGHTHOUSE_STAGE else None
+        if note and report.layers("lighthouse"):
+            echo(f"note: {note}")
     model.config.use_cache = False
     wrap_decoder_layers(model, checkpointing=train.checkpointing_mode, compile=train.compile)
     if train.compile and env.main:

@@ -335,10 +335,21 @@ def test_plan_reports_and_flags_problems(make_tiny_checkpoint, tmp_path: Path) -
     model = make_tiny_checkpoint("llama")
     ok = CliRunner().invoke(main, ["plan", "--recipe", str(_recipe(tmp_path, model))])
     assert ok.exit_code == 0, ok.output
-    for line in ("parameters", "RoPE          theta", "S = 288 of N = 512", "memory", "time/step"):
+    for line in ("parameters", "RoPE          theta", "S = 288 of N = 512", "memory", "time/step",
+                 "NOTE          recovery has"):
         assert line in ok.output, ok.output
     bad = CliRunner().invoke(main, ["plan", "--recipe", str(_recipe(tmp_path, model)), "--ctx", "513"])
     assert bad.exit_code == 2 and "PROBLEM" in bad.output and "multiple of 2" in bad.output
     dry = CliRunner().invoke(main, ["extend", "--recipe", str(_recipe(tmp_path, model)), "--out",
                                     str(tmp_path / "run"), "--dry-run"])
     assert dry.exit_code == 0 and not (tmp_path / "run").exists()
+
+
+def test_recovery_note_only_for_short_recoveries() -> None:
+    from lh_convert.plan import SHORT_RECOVERY_STEPS, recovery_note
+    from lh_convert.recipes import TrainSettings
+
+    short = TrainSettings(stage1_steps=60, recovery_fraction=1 / 3)
+    assert "recovery has 20 dense steps" in recovery_note(short)
+    assert recovery_note(TrainSettings(stage1_steps=3 * SHORT_RECOVERY_STEPS,
+                                       recovery_fraction=1 / 3)) is None
