@@ -10,7 +10,8 @@ outside the specification, to tell the team where the gap comes from:
   mean        the same selection and attention, each position's sum divided by its number of
               contributing entries (NOT the specification: a probe of the scatter-back's sum)
 
-It runs the operator's PyTorch reference (the golden-checked one), float32, on the CPU:
+On the CPU (without TRITON_INTERPRET) every piece runs its PyTorch reference, the golden-checked
+one, in float32:
 
     lh-convert convert --model smollm2-135m-gguf --out /tmp/probe-run --ctx 8k --rope none \\
         --levels 3 --pooling 4 --topk 256 --tile 64
@@ -29,25 +30,18 @@ import torch
 
 import lh_convert.attention as attention
 from lh_convert.runs import load_run_model
-from lighthouse_kernels.gather import gather_ref
-from lighthouse_kernels.lighthouse import dense_causal_attention, lighthouse_attention_ref
-from lighthouse_kernels.pyramid import scores_ref
+from lighthouse_kernels.lighthouse import (attend_selected, dense_causal_attention,
+                                           lighthouse_attention_ref, select_indices)
 from lighthouse_kernels.scatter import scatter_back_ref
-from lighthouse_kernels.select import select_ref
 
 
 def mean_of_contributors(query, key, value, *, config, scale=None):
     """Lighthouse with each position's summed output divided by how many entries fed it."""
-    with torch.no_grad():
-        score_qk, score_kq = scores_ref(query, key, levels=config.levels, pooling=config.pooling)
-        index = select_ref(score_qk, score_kq, config=config)
-    attended = dense_causal_attention(gather_ref(query, index, config=config),
-                                      gather_ref(key, index, config=config),
-                                      gather_ref(value, index, config=config), scale=scale)
-    n = query.shape[2]
-    total = scatter_back_ref(attended, index, n=n, config=config)
-    count = scatter_back_ref(torch.ones_like(attended[..., :1]), index, n=n, config=config)
-    return total / count.clamp_min(1)
+    index = select_indices(query, key, config=config)
+    total = attend_selected(query, key, value, index, config=config, scale=scale)
+    ones = query.new_ones(*index.shape[:2], index.shape[2], 1)
+    count = scatter_back_ref(ones, index, n=query.shape[2], config=config)
+    return total / count.repeat_interleave(query.shape[1] // key.shape[1], dim=1).clamp_min(1)
 
 
 def dense(query, key, value, *, config, scale=None):

@@ -79,9 +79,13 @@ def run(layout: Layout, step: str, command: list[str]) -> float:
         log.write(f"$ {shown}\n")
         process = subprocess.Popen(command, cwd=REPO, env=layout.env(), stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, errors="replace")
-        for line in process.stdout:
-            sys.stdout.write(line)
-            log.write(line)
+        try:
+            _echo_lines(process, log)
+        except KeyboardInterrupt:
+            # `timeout -s INT` (or Ctrl-C) signals the whole process group: lh-convert saves a
+            # checkpoint and exits; keep its output flowing until it has, so the next call resumes.
+            print(f"\n{step}: interrupted; waiting for the command to save and exit", flush=True)
+            _echo_lines(process, log)
         code = process.wait()
     seconds = time.perf_counter() - started
     with open(layout.root / "timings.jsonl", "a", encoding="utf-8") as handle:
@@ -90,6 +94,12 @@ def run(layout: Layout, step: str, command: list[str]) -> float:
     if code != 0:
         sys.exit(f"{step}: `{shown}` failed with exit status {code} after {seconds:.0f}s")
     return seconds
+
+
+def _echo_lines(process: subprocess.Popen, log) -> None:
+    for line in process.stdout:
+        sys.stdout.write(line)
+        log.write(line)
 
 
 def cli(*arguments: str) -> list[str]:
@@ -274,7 +284,8 @@ def write_recipe(layout: Layout, args: argparse.Namespace, arm: str, seed: int) 
     train.update(micro_batch_size=1, grad_accum=args.grad_accum, stage1_steps=stage1,
                  recovery_fraction=recovery / stage1, lr=args.lr, warmup_steps=args.warmup,
                  eval_every=args.eval_every, eval_batches=args.eval_batches,
-                 checkpoint_every=args.steps, keep_checkpoints=1, seed=seed)
+                 checkpoint_every=args.checkpoint_every or args.steps, keep_checkpoints=1,
+                 seed=seed)
     lines = [f'name = "replication-{arm}"',
              f'description = "issue #6, arm {arm}: {stage1} + {recovery} steps"',
              f'model = "{MODEL}"', f'ctx = "{args.ctx}"', f'rope = "{rope(args)}"', "",
@@ -471,6 +482,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=None, help="warmup steps [5; rehearsal 1]")
     parser.add_argument("--eval-every", type=int, default=None,
                         help="steps between validation losses [5; rehearsal 1]")
+    parser.add_argument("--checkpoint-every", type=int, default=None,
+                        help="steps between checkpoints [the budget: one at the end]; a call "
+                             "cut off by the device's time limit resumes from the last one")
     parser.add_argument("--eval-batches", type=int, default=2,
                         help="validation sequences per validation loss")
     parser.add_argument("--seed", type=int, default=0, help="seed of every arm and the eval data")

@@ -10,8 +10,13 @@ import argparse
 import importlib.util
 import io
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tarfile
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -139,3 +144,40 @@ def test_save_and_restore_carry_rep_across_device_calls(tmp_path, monkeypatch):
     assert (rep / "site" / "kernels").is_symlink()  # links stay links
     assert (rep / "b" / "part").read_text() == "carried part\n"  # what was carried wins
     assert not keep.with_name("keep.tmp").exists()
+
+
+def test_interrupted_step_lets_the_command_save_before_exiting(tmp_path):
+    """`timeout -s INT` signals the driver and lh-convert together; the driver must keep reading
+    until lh-convert has saved (here: a stand-in that takes 1 s to save after SIGINT), record
+    the interrupted command, and exit non-zero, so the next device call resumes the run."""
+    child = tmp_path / "child.py"
+    child.write_text(textwrap.dedent("""
+        import sys, time
+        print("training", flush=True)
+        try:
+            time.sleep(60)
+        except KeyboardInterrupt:
+            time.sleep(1)
+            print("checkpoint saved", flush=True)
+            sys.exit(130)
+    """))
+    driver = tmp_path / "driver.py"
+    driver.write_text(textwrap.dedent(f"""
+        import argparse, importlib.util, sys
+        spec = importlib.util.spec_from_file_location("d", {str(REPORT.with_name('replicate.py'))!r})
+        d = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(d)
+        layout = d.Layout(argparse.Namespace(rehearsal=False))
+        layout.root = layout.logs = __import__("pathlib").Path({str(tmp_path)!r})
+        d.run(layout, "dense", [sys.executable, {str(child)!r}])
+    """))
+    process = subprocess.Popen([sys.executable, str(driver)], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    assert process.stdout.readline().startswith("$ ")
+    assert process.stdout.readline() == "training\n"
+    os.killpg(process.pid, signal.SIGINT)  # what timeout -s INT does to its process group
+    output = process.stdout.read()
+    assert process.wait(timeout=30) == 1
+    assert "checkpoint saved" in output and "failed with exit status 130" in output
+    timing = json.loads((tmp_path / "timings.jsonl").read_text())
+    assert timing["exit"] == 130 and timing["seconds"] >= 1
