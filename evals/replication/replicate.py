@@ -99,6 +99,7 @@ def run(layout: Layout, step: str, command: list[str]) -> float:
 def _echo_lines(process: subprocess.Popen, log) -> None:
     for line in process.stdout:
         sys.stdout.write(line)
+        sys.stdout.flush()
         log.write(line)
 
 
@@ -499,8 +500,8 @@ def main() -> None:
     parser.add_argument("--no-wheels", dest="wheels", action="store_false",
                         help="prepare: do not download the wheels")
     parser.add_argument("--archive", action="append", default=[],
-                        help="report: a packed .tar.gz; repeat it to merge the archives of "
-                             "several device machines, in the order they ran")
+                        help="report: a packed .tar.gz; repeat it to merge archives packed by "
+                             "calls that did not share .rep, in the order they ran")
     parser.add_argument("--out", default="docs/replication", help="report: folder for the plots")
     args = parser.parse_args()
     sys.path[:0] = [str(REPO), str(REP / "site")]

@@ -105,7 +105,7 @@ def _plot(root: Path, out: Path, stage1: int, tokens_per_step: int | None) -> li
 def merge_archives(archives: list[Path], root: Path) -> None:
     """Unpack `archives` into `root` in order: a later archive's file replaces an earlier one's,
     except the logs (`*.log`, `*.jsonl` outside runs/), whose lines are appended once each, so
-    calls on different device machines (each packing what it has) add up to one record."""
+    calls that did not share .rep (each packing what it has) add up to one record."""
     for index, archive in enumerate(archives):
         part = root.parent / f"{root.name}.part{index}"
         with tarfile.open(archive) as tar:

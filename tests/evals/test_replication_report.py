@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,7 @@ def _timing(step: str, seconds: float) -> dict:
             "exit": 0}
 
 
-def test_archives_from_two_machines_merge_into_one_record(report, tmp_path):
+def test_archives_of_two_calls_merge_into_one_record(report, tmp_path):
     shared = _timing("dense", 100.0)
     first = _archive(tmp_path / "one.tar.gz", {
         "runs/dense/metrics.jsonl": _jsonl([{"kind": "eval", "step": 1}]),
@@ -153,8 +154,8 @@ def test_interrupted_step_lets_the_command_save_before_exiting(tmp_path):
     child = tmp_path / "child.py"
     child.write_text(textwrap.dedent("""
         import sys, time
-        print("training", flush=True)
         try:
+            print("training", flush=True)  # inside: the signal may come right after it
             time.sleep(60)
         except KeyboardInterrupt:
             time.sleep(1)
@@ -171,13 +172,17 @@ def test_interrupted_step_lets_the_command_save_before_exiting(tmp_path):
         layout.root = layout.logs = __import__("pathlib").Path({str(tmp_path)!r})
         d.run(layout, "dense", [sys.executable, {str(child)!r}])
     """))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a pipe buffers
     process = subprocess.Popen([sys.executable, str(driver)], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env)
+    watchdog = threading.Timer(30, process.kill)  # a stuck pipe fails the test, never hangs it
+    watchdog.start()
     assert process.stdout.readline().startswith("$ ")
     assert process.stdout.readline() == "training\n"
     os.killpg(process.pid, signal.SIGINT)  # what timeout -s INT does to its process group
     output = process.stdout.read()
     assert process.wait(timeout=30) == 1
+    watchdog.cancel()
     assert "checkpoint saved" in output and "failed with exit status 130" in output
     timing = json.loads((tmp_path / "timings.jsonl").read_text())
     assert timing["exit"] == 130 and timing["seconds"] >= 1
