@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from lighthouse_kernels import LighthouseConfig, lighthouse_attention, lighthouse_attention_ref
 
 from .errors import LhConvertError
+from .plots import pyplot, save_figure
 from .train import deterministic_algorithms
 
 
@@ -173,11 +174,7 @@ def stage_breakdown(*, n: int, config: LighthouseConfig, heads: int = 8, dim: in
 
 
 def plot(rows: list[BenchRow], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     fixed = sorted({r.topk for r in rows if sum(o.topk == r.topk for o in rows) > 1})
     series = [(f"k={topk}", [r for r in rows if r.topk == topk]) for topk in fixed]
@@ -194,9 +191,7 @@ def plot(rows: list[BenchRow], path: Path) -> None:
            title="Lighthouse vs dense causal SDPA (B=1, H=8, D=128, bf16)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def run_benchmark(*, lengths: list[int], topks: list[int | str], out_dir: Path,

@@ -25,7 +25,7 @@ def _read_metrics(run_dir: Path) -> list[dict]:
 def plot_run(run_dir: Path) -> Path | None:
     """Write ``RUN_DIR/loss.png``: training loss per step, validation loss and late-position
     loss, stage 1 and recovery in different colours, a dashed line at the switch."""
-    plt = _pyplot()
+    plt = pyplot()
     records = _read_metrics(run_dir)
     train = [r for r in records if r.get("kind") == "train"]
     if not train:
@@ -52,7 +52,7 @@ def plot_run(run_dir: Path) -> Path | None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     target = Path(run_dir) / LOSS_PLOT
-    _save(fig, target)
+    save_figure(fig, target)
     return target
 
 
@@ -64,7 +64,7 @@ def plot_retrieval(models: Sequence[ModelResults], path: Path, *, tasks: Sequenc
         return False
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(models), len(tasks), squeeze=False, layout="constrained",
                              figsize=(4.2 * len(tasks) + 1, 3.2 * len(models)))
     for row, model in enumerate(models):
@@ -87,7 +87,7 @@ def plot_retrieval(models: Sequence[ModelResults], path: Path, *, tasks: Sequenc
                    ylabel=f"{model.label}\nneedle depth" if column == 0 else "",
                    title=task.removeprefix("lh_") if row == 0 else "")
     fig.colorbar(image, ax=axes, shrink=0.8, label="accuracy (exact greedy match)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_position_loss(models: Sequence[ModelResults], path: Path) -> bool:
@@ -95,7 +95,7 @@ def plot_position_loss(models: Sequence[ModelResults], path: Path) -> bool:
     axis (each point at its bucket's end)."""
     if not any(m.position_loss for m in models):
         return False
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for model in models:
         ax.plot([b for (_, b), _, _ in model.position_loss],
@@ -107,10 +107,11 @@ def plot_position_loss(models: Sequence[ModelResults], path: Path) -> bool:
            title="held-out loss by position")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,10 +120,12 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> bool:
+def save_figure(fig: Any, path: Path, *, dpi: int = 110) -> bool:
+    """Write ``fig`` to ``path`` as PNG atomically (a hidden sibling, then a rename), close it."""
+    path = Path(path)
     temporary = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(temporary, dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
+    fig.savefig(temporary, dpi=dpi, bbox_inches="tight")
+    pyplot().close(fig)
     os.replace(temporary, path)
     return True
 
@@ -134,7 +137,7 @@ def plot_train_throughput(rows: Sequence[dict], path: Path) -> bool:
     by = {(row["n"], row["mode"]): row for row in rows}
     if not lengths:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     width = 0.38
     for offset, mode, colour in ((-width / 2, "dense", "tab:orange"),
@@ -154,4 +157,4 @@ def plot_train_throughput(rows: Sequence[dict], path: Path) -> bool:
            title="training-step throughput")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -68,11 +68,9 @@ def _arm_numbers(metrics: list[dict], stage1: int) -> dict:
 
 
 def _plot(root: Path, out: Path, stage1: int, tokens_per_step: int | None) -> list[str]:
-    import matplotlib
+    from lh_convert.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     written = []
     for kind, key, name, title in (("eval", "val_loss", "val_loss.png", "validation loss"),
                                    ("train", "loss", "train_loss.png", "training loss")):
@@ -95,9 +93,7 @@ def _plot(root: Path, out: Path, stage1: int, tokens_per_step: int | None) -> li
                ylabel="loss (nats/token)", title=f"{title} (stage 1 of the lighthouse arm: with Lighthouse attention)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=120)
-        plt.close(fig)
+        save_figure(fig, out / name, dpi=120)
         written.append(name)
     return written
 
