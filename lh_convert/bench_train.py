@@ -147,12 +147,11 @@ def bench_step(*, n: int, lighthouse: bool, env: Dist, shape: str = "paper-367m"
     wrapper = CausalLMLoss(model, chunk=4096, compiled=compile)
     data_rank, dp = env.rank, env.world
     if cp > 1:  # as train.py wires it: the plan, CP attention, the CP loss (which shards ids)
-        from .context_parallel import ContextParallelLoss, enable_context_parallel, make_plan
+        from .context_parallel import context_parallel_loss
 
-        plan = make_plan(cp=cp, seq_len=n, model_config=model.config, device_type=env.device.type)
-        enable_context_parallel(model, plan=plan)
-        wrapper = ContextParallelLoss(model, chunk=4096, plan=plan)
-        data_rank, dp = plan.dp_rank, plan.dp
+        wrapper = context_parallel_loss(model, cp=cp, seq_len=n, chunk=4096,
+                                        device_type=env.device.type)
+        data_rank, dp = wrapper.plan.dp_rank, wrapper.plan.dp
     sharded = fsdp and dist.is_initialized()
     if sharded:
         fsdp_shard(wrapper, precision="bf16" if cuda else "fp32")

@@ -351,6 +351,15 @@ def enable_context_parallel(model: torch.nn.Module, *, plan: ContextParallelPlan
     model.set_attn_implementation(CP_ATTENTION_NAME)
 
 
+def context_parallel_loss(model: torch.nn.Module, *, cp: int, seq_len: int, chunk: int,
+                          device_type: str) -> ContextParallelLoss:
+    """Set ``model`` up for CP (the checked plan and mesh, CP attention) and return its loss
+    module; its ``plan`` says this rank's data-parallel replica (``dp_rank`` of ``dp``)."""
+    plan = make_plan(cp=cp, seq_len=seq_len, model_config=model.config, device_type=device_type)
+    enable_context_parallel(model, plan=plan)
+    return ContextParallelLoss(model, chunk=chunk, plan=plan)
+
+
 # ---- the loss ------------------------------------------------------------------------------------
 
 

@@ -226,12 +226,11 @@ def _run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env
     data_rank, data_world = env.rank, env.world
     if train.cp > 1:  # a (dp, cp) mesh; FSDP2 below still shards over all dp*cp ranks
         # Imported here: it uses PyTorch's private ring-attention modules, which only CP needs.
-        from .context_parallel import ContextParallelLoss, enable_context_parallel, make_plan
+        from .context_parallel import context_parallel_loss
 
-        plan = make_plan(cp=train.cp, seq_len=manifest.target_context, model_config=model.config,
-                         device_type=env.device.type)
-        enable_context_parallel(model, plan=plan)
-        wrapper = ContextParallelLoss(model, chunk=train.loss_chunk, plan=plan)
+        wrapper = context_parallel_loss(model, cp=train.cp, seq_len=manifest.target_context,
+                                        chunk=train.loss_chunk, device_type=env.device.type)
+        plan = wrapper.plan
         data_rank, data_world = plan.dp_rank, plan.dp
         if env.main:
             echo(f"context parallelism: dp={plan.dp} x cp={plan.cp}")

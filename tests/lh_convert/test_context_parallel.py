@@ -25,8 +25,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from lh_convert.attention import ATTENTION_NAME, CALLS, LIGHTHOUSE, LighthouseSettings
 from lh_convert.cli import main
 from lh_convert.context_parallel import (
-    ContextParallelLoss,
     check_context_parallel,
+    context_parallel_loss,
     enable_context_parallel,
     lighthouse_context_parallel,
     make_plan,
@@ -143,7 +143,8 @@ def _check_model(dense_layers: list[int]) -> None:
     n = 64
     model = _tiny_model(dense_layers)
     reference = copy.deepcopy(model)
-    plan = make_plan(cp=2, seq_len=n, model_config=model.config, device_type="cpu")
+    wrapper = context_parallel_loss(model, cp=2, seq_len=n, chunk=16, device_type="cpu")
+    plan = wrapper.plan
     batches = [_packed_batch(2, n, seed) for seed in range(plan.dp)]
     CALLS.reset()
     losses = [causal_lm_loss(reference, ids, chunk=16, late_fraction=0.25) for ids in batches]
@@ -151,8 +152,6 @@ def _check_model(dense_layers: list[int]) -> None:
     assert lighthouse_calls == len(batches) * (4 - len(dense_layers))
     torch.stack([loss for loss, _ in losses]).mean().backward()  # FSDP2 averages over dp
 
-    enable_context_parallel(model, plan=plan)
-    wrapper = ContextParallelLoss(model, chunk=16, plan=plan)
     if plan.dp > 1:
         from torch.distributed.fsdp import fully_shard
 
