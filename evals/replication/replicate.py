@@ -3,7 +3,7 @@
 Steps (each one device call or less; see README.md beside this file):
 
   here:    prepare   corpus token folder, GGUF split in two parts, wheels for the GPU machine
-  device:  stage-a   keep GGUF part 1, install the wheels into .rep/site, import check
+  device:  stage-a   install the wheels into .rep/site, import check
            join      GGUF part 1 + part 2 -> the alias cache (sha256 checked), unpack the corpus
            dense     arm 1: continued pre-training at 64K, dense SDPA in every layer, whole budget
            lighthouse  arm 2: stage 1 with Lighthouse (--lighthouse-fraction), then dense recovery
@@ -38,7 +38,6 @@ REPO = Path(__file__).resolve().parents[2]
 REP = REPO / ".rep"
 KEEP = Path(os.environ.get("LH_REPLICATION_KEEP", "/tmp/lh-replication"))  # see step_save
 MODEL = "smollm2-135m-gguf"
-ARMS = ("dense", "lighthouse")
 MODELS = ("original", "rope-only", "dense", "lighthouse")
 # The dense arm again with seed + 1 (another data order): the run-to-run spread of the result.
 REPEAT = "dense-repeat"
@@ -173,7 +172,6 @@ def step_prepare(layout: Layout, args: argparse.Namespace) -> None:
                                  cache_dir=cache_dir() / "tokens")
         save_token_corpus(corpus, out=layout.corpus)
         meta = json.loads((layout.corpus / "meta.json").read_text())
-        meta["groups"] = groups
         (layout.corpus / "composition.json").write_text(json.dumps(
             {"groups": groups, "num_tokens": meta["num_tokens"],
              "num_documents": meta["num_documents"],
@@ -211,11 +209,8 @@ DEVICE_WHEELS = ("lm_eval==0.4.13", "datasets==5.2.0", "dill==0.4.1", "multiproc
 
 
 def step_stage_a(layout: Layout, args: argparse.Namespace) -> None:
-    """Keep GGUF part 1 (carried in .rep/a) and install the wheels (carried in .whl)."""
-    kept = REP / "dev" / "gguf.part1"
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    if (REP / "a" / "gguf.part1").is_file():
-        shutil.copyfile(REP / "a" / "gguf.part1", kept)
+    """Install the wheels (carried in .whl) into .rep/site; `save` then keeps them and GGUF
+    part 1 (carried in .rep/a) for the next call."""
     wheels = sorted(str(path) for path in (REPO / ".whl").glob("*.whl"))
     if wheels and not args.rehearsal:  # cp312 wheels; a rehearsal uses this Python's packages
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
@@ -237,10 +232,10 @@ def step_join(layout: Layout, args: argparse.Namespace) -> None:
     """Join the GGUF parts into the alias cache (sha256 checked) and unpack the corpus."""
     target = alias_gguf(layout.cache)
     if not target.is_file():
-        first = next((p for p in (REP / "dev" / "gguf.part1", REP / "a" / "gguf.part1")
-                      if p.is_file()), None)
-        if first is None:
-            sys.exit("join: GGUF part 1 is missing; run `stage-a` with .rep/a carried first")
+        first = REP / "a" / "gguf.part1"
+        if not first.is_file():
+            sys.exit("join: GGUF part 1 is missing; carry .rep/a to `stage-a save`, then "
+                     "`restore` before `join`")
         data = first.read_bytes() + (REP / "b" / "gguf.part2").read_bytes()
         expected = (REP / "b" / "gguf.sha256").read_text().split()[0]
         if hashlib.sha256(data).hexdigest() != expected:
@@ -427,8 +422,7 @@ def step_report(layout: Layout, args: argparse.Namespace) -> None:
     from report import write_report  # evals/replication/report.py
 
     archives = [Path(a) for a in args.archive] or [layout.root / "replication.tar.gz"]
-    write_report(archives=archives,
-                 out=Path(args.out), args=args, budget=budget(args))
+    write_report(archives=archives, out=Path(args.out), stage1=budget(args)[0])
 
 
 def step_save(layout: Layout, args: argparse.Namespace) -> None:

@@ -8,7 +8,6 @@ section.md (tables ready for docs/results.md).
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tarfile
@@ -121,9 +120,9 @@ def merge_archives(archives: list[Path], root: Path) -> None:
         shutil.rmtree(part)
 
 
-def write_report(*, archives: list[Path], out: Path, args: argparse.Namespace,
-                 budget: tuple[int, int]) -> None:
-    stage1, recovery = budget
+def write_report(*, archives: list[Path], out: Path, stage1: int) -> None:
+    """Merge `archives`, write the plots and section.md into `out`. `stage1`: the stage-1
+    steps of the budget, where the lighthouse arm's recorded recipe does not say."""
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch) / "merged"
