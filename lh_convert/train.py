@@ -284,7 +284,10 @@ def _run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env
         if sharded:
             dist.barrier()
 
-    bar = _progress_bar(total=end - start, desc=f"{stage} stage", enabled=progress and env.main)
+    # Named by what runs: a dense baseline's stage 1 is not a Lighthouse stage.
+    desc = ("stage 2 (recovery)" if stage == DENSE_STAGE else
+            f"stage 1 ({'Lighthouse' if report.layers('lighthouse') else 'dense'})")
+    bar = _progress_bar(total=end - start, desc=desc, enabled=progress and env.main)
     started, last_loss, step = time.perf_counter(), None, start
     try:
         while step < end:

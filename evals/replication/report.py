@@ -97,6 +97,17 @@ def _plot(root: Path, out: Path, stage1: int, tokens_per_step: int | None) -> li
     return written
 
 
+def _outcome(timing: dict, later: list[dict]) -> str:
+    """How a command ended, for the list of commands: nothing when it succeeded; "interrupted"
+    when it was stopped by SIGINT (exit 130: `timeout -s INT` at a device call's end) and the
+    same command ran again later (it resumes from the checkpoint saved on the interrupt)."""
+    if not timing.get("exit"):
+        return ""
+    if timing["exit"] == 130 and any(t["command"] == timing["command"] for t in later):
+        return " (interrupted at the call's time limit; the next run of it resumed)"
+    return f" (failed, exit {timing['exit']})"
+
+
 def merge_archives(archives: list[Path], root: Path) -> None:
     """Unpack `archives` into `root` in order: a later archive's file replaces an earlier one's,
     except the logs (`*.log`, `*.jsonl` outside runs/), whose lines are appended once each, so
@@ -253,7 +264,7 @@ def _markdown(root: Path, *, stage1: int, tokens_per_step: int | None, plots: li
                      for s in summaries.values()]
             lines.append(f"| {start:,}-{end:,} | " + " | ".join(cells) + " |")
     lines += ["", "### Commands and their wall times", ""]
-    lines += [f"- `{t['command']}`: {t['seconds']:.0f}s" +
-              (f" (failed, exit {t['exit']})" if t.get("exit") else "") for t in timings]
+    lines += [f"- `{t['command']}`: {t['seconds']:.0f}s" + _outcome(t, timings[i + 1:])
+              for i, t in enumerate(timings)]
     lines += ["", "Plots: " + ", ".join(f"![{p}]({out.as_posix()}/{p})" for p in plots)]
     return lines

@@ -96,7 +96,9 @@ def test_section_reports_the_arms_from_their_metrics(report, tmp_path):
         "runs/dense/metrics.jsonl": _metrics(2.0, 1.5, (4.0, 4.0)),
         "runs/lighthouse/metrics.jsonl": _metrics(3.0, 1.75, (1.0, 4.0)),
         "runs/lighthouse/recipe.json": json.dumps(recipe),
-        "timings.jsonl": _jsonl([_timing("dense", 200.0), _timing("lighthouse", 120.0)])})
+        "timings.jsonl": _jsonl([{**_timing("dense", 150.0), "exit": 130}, _timing("dense", 50.0),
+                                 _timing("lighthouse", 120.0),
+                                 {**_timing("eval", 5.0), "exit": 130}])})
     out = tmp_path / "report"
     report.write_report(archives=[archive], out=out, stage1=2)
     section = (out / "section.md").read_text()
@@ -105,7 +107,8 @@ def test_section_reports_the_arms_from_their_metrics(report, tmp_path):
     assert "| lighthouse | 1 | Lighthouse | 2 | 2.00M | 2 | 1,000,000 |" in section
     assert "| lighthouse | 2 (recovery) | dense | 2 | 2.00M | 8 | 250,000 |" in section
     assert "| dense | 1 | dense | 2 | 2.00M | 8 | 250,000 |" in section
-    # Wall time from timings (120 / 200), training steps alone from step_s ((2 + 8) / 16).
+    # Wall time from timings (120 / (150 + 50): the interrupted run counts), training steps
+    # alone from step_s ((2 + 8) / 16).
     assert "dense 200s, lighthouse 120s (0.60x)" in section
     assert "dense 16s, lighthouse 10s (0.62x)" in section
     # Final validation loss and the jump at the switch (recovery minus stage 1's last).
@@ -115,6 +118,10 @@ def test_section_reports_the_arms_from_their_metrics(report, tmp_path):
     assert "| arm | steps 1-2 | steps 3-3 | steps 4-4 |" in section
     assert "| lighthouse | +1.000 | +0.250 | +0.250 |" in section
     assert (out / "val_loss.png").stat().st_size > 0 and (out / "train_loss.png").is_file()
+    # A command stopped by SIGINT and run again resumed; one that was never rerun failed.
+    assert ("`python3 -m lh_convert.cli dense`: 150s (interrupted at the call's time limit"
+            in section)
+    assert "`python3 -m lh_convert.cli eval`: 5s (failed, exit 130)" in section
 
 
 def test_save_and_restore_carry_rep_across_device_calls(tmp_path, monkeypatch):

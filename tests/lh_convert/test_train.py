@@ -87,20 +87,34 @@ def test_every_recipe_loads_and_validates(recipe: str) -> None:
     assert loaded.train.problem() is None
 
 
-def test_both_stages_train_and_loss_falls(make_tiny_checkpoint, corpus: Path, tmp_path: Path) -> None:
+def test_both_stages_train_and_loss_falls(make_tiny_checkpoint, corpus: Path, tmp_path: Path,
+                                          capsys) -> None:
     recipe = load_recipe(str(_recipe(tmp_path, make_tiny_checkpoint("llama"), steps=10)))
     run = tmp_path / "run"
     first = extend(recipe=recipe, out=run, data=DataSpec(paths=(str(corpus),)), echo=print,
-                   progress=False)
+                   progress=True)
     assert first.final_step == 10
-    second = recover(run=run, steps=None, echo=print, progress=False)
+    second = recover(run=run, steps=None, echo=print, progress=True)
     assert second.final_step == 15
+    bars = capsys.readouterr().err  # the progress bars name each stage by what runs in it
+    assert "stage 1 (Lighthouse)" in bars and "stage 2 (recovery)" in bars
     losses = _losses(run)
     assert len(losses) == 15
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2, losses
     assert (run / "loss.png").stat().st_size > 10_000
     stages = [json.loads(line)["stage"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert "lighthouse" in stages and "dense" in stages
+
+
+def test_a_dense_baseline_names_its_stage_1_dense(make_tiny_checkpoint, corpus: Path,
+                                                  tmp_path: Path, capsys) -> None:
+    path = _recipe(tmp_path, make_tiny_checkpoint("llama"), steps=1)
+    all_four = path.read_text().replace("dense_layers = [0, -1]", "dense_layers = [0, 1, 2, 3]")
+    path.write_text(all_four)
+    extend(recipe=load_recipe(str(path)), out=tmp_path / "run", data=DataSpec(paths=(str(corpus),)),
+           echo=print, progress=True)
+    captured = capsys.readouterr()
+    assert "stage 1 (dense)" in captured.err and "Lighthouse" not in captured.err
 
 
 def test_selective_checkpointing_and_deterministic_mode_keep_the_losses(
