@@ -33,8 +33,8 @@ def recovery_note(train: TrainSettings) -> str | None:
     if train.recovery_steps >= SHORT_RECOVERY_STEPS:
         return None
     return (f"recovery has {train.recovery_steps} dense steps; the paper's loss took 1,000-1,500 "
-            f"to recover, and SmolLM2-135M at 64K after 60 Lighthouse + 20 recovery steps ended "
-            f"0.51 nats above dense continued training (docs/results.md): give recovery more "
+            f"to recover, and SmolLM2-135M at 64K after 180 Lighthouse + 60 recovery steps ended "
+            f"0.23 nats above dense continued training (docs/results.md): give recovery more "
             f"steps (`recover --steps`) and compare with a dense run")
 
 
