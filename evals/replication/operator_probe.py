@@ -56,8 +56,14 @@ def main() -> None:
     parser.add_argument("--run", type=Path, required=True, help="a converted run folder")
     parser.add_argument("--data", type=Path, required=True, help="a token folder (validation.bin)")
     parser.add_argument("--windows", type=int, default=2, help="held-out windows of the context")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
     args = parser.parse_args()
+    names = [name for name in args.variants.split(",") if name]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown --variants {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     torch.manual_seed(0)
     model, manifest, _ = load_run_model(args.run, lighthouse=True, dtype=torch.float32)
     model.eval()
@@ -66,7 +72,8 @@ def main() -> None:
     windows = [torch.from_numpy(tokens[i * n:(i + 1) * n].astype(np.int64))[None]
                for i in range(args.windows)]
     results: dict[str, list[float]] = {}
-    for name, function in VARIANTS.items():
+    for name in names:
+        function = VARIANTS[name]
         started = time.perf_counter()
         losses = []
         for ids in windows:
