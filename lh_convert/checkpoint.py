@@ -115,13 +115,15 @@ def atomic_directory(final: Path) -> Iterator[Path]:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write `obj` as indented JSON to `path` so readers see the old file or the new, never half.
+    """Write `obj` as indented JSON to `path`, atomically (`write_text_atomic`). The text is
+    serialized first, so a TypeError leaves no file behind."""
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
-    The text is serialized first (a TypeError leaves no file behind), written to a hidden
-    sibling, fsynced, then renamed over `path`.
-    """
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so readers see the old file or the new, never half: written to a
+    hidden sibling, fsynced, then renamed over `path`; on any error the sibling is removed."""
     path = Path(path)
-    text = json.dumps(obj, indent=2) + "\n"
     temporary = _temporary_name(path)
     try:
         with open(temporary, "x", encoding="utf-8") as handle:

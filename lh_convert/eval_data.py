@@ -23,9 +23,7 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import random
-import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import write_json_atomic
+from .checkpoint import write_json_atomic, write_text_atomic
 from .data import DataSpec, tokenize_corpus
 from .errors import LhConvertError
 from .wheel_models import cache_dir
@@ -201,15 +199,8 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 def write_jsonl(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     """One JSON object a line, keys sorted: the same rows give the same bytes. Atomic."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n"
+                                    for row in rows))
 
 
 def held_out_documents(*, tokenizer: Any, data: DataSpec) -> list[str]:

@@ -348,7 +348,7 @@ def write_report(*, models: Sequence[ModelResults], out_dir: Path) -> list[Path]
     """Write results.md, summary.json, each model's lm-eval JSON and the PNG plots."""
     from lm_eval.utils import handle_non_serializable
 
-    from .checkpoint import write_json_atomic
+    from .checkpoint import write_json_atomic, write_text_atomic
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -367,7 +367,7 @@ def write_report(*, models: Sequence[ModelResults], out_dir: Path) -> list[Path]
                           for (a, b), nll, docs in m.position_loss],
         "skipped": {task: {str(k): v for k, v in s.items()} for task, s in m.skipped.items()},
     } for m in models]})
-    _atomic_text(out_dir / RESULTS_MD, _markdown(models))
+    write_text_atomic(out_dir / RESULTS_MD, _markdown(models))
     for plot, name in ((partial(plot_retrieval, tasks=RETRIEVAL_TASKS), RETRIEVAL_PNG),
                        (plot_position_loss, POSITION_PNG)):
         if plot(models, out_dir / name):
@@ -428,7 +428,3 @@ def _length_cell(model: ModelResults, task: str, length: int) -> str:
     return f"{sum(scores) / len(scores):.3f}" if scores else "-"
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)

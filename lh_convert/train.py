@@ -27,6 +27,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from .checkpoint import write_text_atomic
 from .checkpointing import wrap_decoder_layers
 from .data import DataSpec, tokenize_corpus
 from .errors import LhConvertError
@@ -139,9 +140,7 @@ def _truncate_metrics(run_dir: Path, *, after_step: int) -> None:
         return
     keep = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line)["step"] <= after_step]
-    temporary = path.with_name(f".{METRICS}.tmp")
-    temporary.write_text("".join(line + "\n" for line in keep))
-    os.replace(temporary, path)
+    write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 
 def _evaluate(model, samples: PackedSequences, *, recipe: Recipe, env: Dist, sharded: bool

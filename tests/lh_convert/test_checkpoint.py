@@ -19,6 +19,7 @@ from lh_convert.checkpoint import (
     unloaded_gguf_tensors,
     verify_safetensors_dir,
     write_json_atomic,
+    write_text_atomic,
 )
 from lh_convert.errors import LhConvertError
 
@@ -142,6 +143,25 @@ def test_write_json_atomic_keeps_the_old_file_when_serialization_fails(tmp_path:
         write_json_atomic(target, {"step": object()})
     assert json.loads(target.read_text()) == {"step": 1}
     assert _entries(tmp_path) == ["meta.json"]
+
+
+def test_write_text_atomic_keeps_the_old_file_when_the_write_fails(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """A failure after the bytes are written (here fsync: a full or failing disk) leaves the old
+    file whole and no temporary sibling: the metrics log and the eval results go through this."""
+    import lh_convert.checkpoint as checkpoint
+
+    target = tmp_path / "metrics.jsonl"
+    write_text_atomic(target, "old\n")
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="No space left"):
+        write_text_atomic(target, "new\n")
+    assert target.read_text() == "old\n"
+    assert _entries(tmp_path) == ["metrics.jsonl"]
 
 
 # ---- verify_safetensors_dir ----------------------------------------------------------------------
