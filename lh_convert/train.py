@@ -133,14 +133,22 @@ def _append_metrics(run_dir: Path, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def _truncate_metrics(run_dir: Path, *, after_step: int) -> None:
-    """Drop log lines of steps the resumed run will redo (they were never checkpointed)."""
+def _truncate_metrics(run_dir: Path, *, after_step: int, redo_switch: bool = False) -> None:
+    """Drop log lines of steps the resumed run will redo (they were never checkpointed), and with
+    ``redo_switch`` the validation at the switch, which a recovery starting afresh repeats."""
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= after_step]
+    rows = [(line, json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    keep = [line for line, row in rows if row["step"] <= after_step
+            and not (redo_switch and _is_switch_eval(row, after_step))]
     write_text_atomic(path, "".join(line + "\n" for line in keep))
+
+
+def _is_switch_eval(row: dict, stage1_steps: int) -> bool:
+    """The dense validation of stage 1's final weights that recovery logs before its first step
+    (a recovery step is numbered after stage 1, so a dense eval at stage 1's last step is it)."""
+    return row["kind"] == "eval" and row["stage"] == DENSE_STAGE and row["step"] == stage1_steps
 
 
 def _evaluate(model, samples: PackedSequences, *, recipe: Recipe, env: Dist, sharded: bool
@@ -247,8 +255,9 @@ def _run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env
         restore_rng(loaded.rng)
         if env.main:
             echo(f"resumed from {checkpoint.name} (stage {loaded.state.stage}, step {start})")
+    at_switch = stage == DENSE_STAGE and start == train.stage1_steps  # recovery from its start
     if env.main:
-        _truncate_metrics(run_dir, after_step=start)
+        _truncate_metrics(run_dir, after_step=start, redo_switch=at_switch)
 
     corpus = tokenize_corpus(spec=data, tokenizer=_tokenizer(run_dir), cache_dir=cache_dir() / "tokens",
                              progress=progress and env.main)
@@ -286,6 +295,13 @@ def _run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env
     # Named by what runs: a dense baseline's stage 1 is not a Lighthouse stage.
     desc = ("stage 2 (recovery)" if stage == DENSE_STAGE else
             f"stage 1 ({'Lighthouse' if report.layers('lighthouse') else 'dense'})")
+    if at_switch:  # the jump at the switch: stage 1's weights, now with dense attention
+        val, late = _evaluate(wrapper, validation, recipe=recipe, env=env, sharded=sharded)
+        if env.main:
+            _append_metrics(run_dir, {"kind": "eval", "stage": stage, "step": start,
+                                      "val_loss": val, "val_late_loss": late})
+            echo(f"at the switch (step {start}, stage 1's weights): validation loss {val:.4f} "
+                 f"with dense attention{_stage1_val_text(run_dir, start)}")
     bar = _progress_bar(total=end - start, desc=desc, enabled=progress and env.main)
     started, last_loss, step = time.perf_counter(), None, start
     try:
@@ -345,6 +361,16 @@ def _run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env
 
         plot_run(run_dir)
     return StageResult(step - start, step, last_loss, time.perf_counter() - started)
+
+
+def _stage1_val_text(run_dir: Path, stage1_steps: int) -> str:
+    """", X with stage 1's attention" from stage 1's validation at its last step, if logged."""
+    path = Path(run_dir) / METRICS
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
+        if path.is_file() else []
+    last = [r for r in rows if r["kind"] == "eval" and r["stage"] == LIGHTHOUSE_STAGE
+            and r["step"] == stage1_steps]
+    return f", {last[-1]['val_loss']:.4f} with stage 1's attention" if last else ""
 
 
 def _tokenizer(run_dir: Path):

@@ -57,13 +57,26 @@ def _arm_numbers(metrics: list[dict], stage1: int) -> dict:
         # When the loss falls at the switch there is nothing to recover in that sense.
         numbers["recovery_steps"] = "n/a (fell)" if numbers["jump"] <= 0 else next(
             (i + 1 for i, v in enumerate(smoothed) if v <= level), "not within the run")
-    val_before = [r for r in evals if r["step"] <= stage1]
-    val_after = [r for r in evals if r["step"] > stage1]
+    # Recovery validates stage 1's final weights with dense attention before its first step (a
+    # dense eval at step `stage1`): the jump of the operator alone. Runs from before that
+    # existed give the first recovery validation instead, after some recovery steps.
+    val_before = [r for r in evals if r["step"] <= stage1 and r["stage"] == "lighthouse"]
+    val_after = [r for r in evals if r["step"] >= stage1 and r["stage"] == "dense"]
     if val_before and val_after:
         numbers["val_jump"] = val_after[0]["val_loss"] - val_before[-1]["val_loss"]
+        numbers["val_jump_at"] = val_after[0]["step"] - stage1
     if evals:
         numbers["final_val"], numbers["final_late"] = evals[-1]["val_loss"], evals[-1]["val_late_loss"]
     return numbers
+
+
+def _val_jump(numbers: dict) -> str:
+    """The validation-loss jump at the switch; when it was measured only after some recovery
+    steps (runs that did not validate at the switch), says after how many."""
+    if "val_jump" not in numbers:
+        return "-"
+    later = numbers["val_jump_at"]
+    return f"{numbers['val_jump']:+.4f}" + (f" (after {later} recovery steps)" if later else "")
 
 
 def _plot(root: Path, out: Path, stage1: int, tokens_per_step: int | None) -> list[str]:
@@ -215,7 +228,7 @@ def _markdown(root: Path, *, stage1: int, tokens_per_step: int | None, plots: li
         n = numbers[arm]
         lines.append(f"| {arm} | {n.get('final_val', float('nan')):.4f} | "
                      f"{n.get('final_late', float('nan')):.4f} | {n.get('jump', float('nan')):+.4f} | "
-                     f"{n.get('val_jump', float('nan')):+.4f} | {n.get('recovery_steps', '-')} |")
+                     f"{_val_jump(n)} | {n.get('recovery_steps', '-')} |")
     if REPEAT in numbers and "final_val" in numbers[REPEAT] and "final_val" in numbers["dense"]:
         spread = abs(numbers[REPEAT]["final_val"] - numbers["dense"]["final_val"])
         lines += ["", f"Run-to-run spread: the dense arm run twice (`--seed` and `--seed` + 1, "

@@ -46,8 +46,10 @@ def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(row) + "\n" for row in rows)
 
 
-def _metrics(stage1_loss: float, recovery_loss: float, step_s: tuple[float, float]) -> str:
-    """4 steps (2 + 2) of 1M tokens each, an eval row after each stage."""
+def _metrics(stage1_loss: float, recovery_loss: float, step_s: tuple[float, float],
+             switch_loss: float | None = None) -> str:
+    """4 steps (2 + 2) of 1M tokens each, an eval row after each stage; with `switch_loss`, the
+    dense validation recovery logs at the switch (step 2) before its first step."""
     rows = []
     for step in range(1, 5):
         stage = "lighthouse" if step <= 2 else "dense"
@@ -59,6 +61,9 @@ def _metrics(stage1_loss: float, recovery_loss: float, step_s: tuple[float, floa
             rows.append({"kind": "eval", "stage": stage, "step": step,
                          "val_loss": stage1_loss if step == 2 else recovery_loss,
                          "val_late_loss": stage1_loss + 0.1})
+        if step == 2 and switch_loss is not None:
+            rows.append({"kind": "eval", "stage": "dense", "step": 2, "val_loss": switch_loss,
+                         "val_late_loss": switch_loss})
     return _jsonl(rows)
 
 
@@ -94,7 +99,7 @@ def test_section_reports_the_arms_from_their_metrics(report, tmp_path):
     recipe = {"recipe": {"train": {"stage1_steps": 2}}}
     archive = _archive(tmp_path / "run.tar.gz", {
         "runs/dense/metrics.jsonl": _metrics(2.0, 1.5, (4.0, 4.0)),
-        "runs/lighthouse/metrics.jsonl": _metrics(3.0, 1.75, (1.0, 4.0)),
+        "runs/lighthouse/metrics.jsonl": _metrics(3.0, 1.75, (1.0, 4.0), switch_loss=2.5),
         "runs/lighthouse/recipe.json": json.dumps(recipe),
         "timings.jsonl": _jsonl([{**_timing("dense", 150.0), "exit": 130}, _timing("dense", 50.0),
                                  _timing("lighthouse", 120.0),
@@ -111,9 +116,11 @@ def test_section_reports_the_arms_from_their_metrics(report, tmp_path):
     # alone from step_s ((2 + 8) / 16).
     assert "dense 200s, lighthouse 120s (0.60x)" in section
     assert "dense 16s, lighthouse 10s (0.62x)" in section
-    # Final validation loss and the jump at the switch (recovery minus stage 1's last).
-    assert "| lighthouse | 1.7500 |" in section
-    assert "| -1.2500 |" in section
+    # Final validation loss and the jumps at the switch: training loss, recovery's first minus
+    # stage 1's last; validation, the dense validation at the switch minus stage 1's last (the
+    # dense arm, without one, gives its first recovery validation and says how much later).
+    assert "| lighthouse | 1.7500 | 3.1000 | -1.2500 | -0.5000 | n/a (fell) |" in section
+    assert "| dense | 1.5000 | 2.1000 | -0.5000 | -0.5000 (after 2 recovery steps) |" in section
     # Paired with the dense arm step for step: +1 over stage 1, +0.25 over each recovery step.
     assert "| arm | steps 1-2 | steps 3-3 | steps 4-4 |" in section
     assert "| lighthouse | +1.000 | +0.250 | +0.250 |" in section

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -171,6 +172,33 @@ def test_recover_restores_optimizer_state_and_runs_dense(make_tiny_checkpoint, c
     # Every layer ran dense in the recovery forward passes: none went through Lighthouse.
     assert seen["paths"] and not any(path == "lighthouse" for (_, path) in seen["paths"])
     assert load_checkpoint(latest_checkpoint(run)).state.stage == "dense"
+
+
+def test_recovery_validates_stage_1_weights_densely_at_the_switch_once(
+        make_tiny_checkpoint, corpus: Path, tmp_path: Path) -> None:
+    recipe = load_recipe(str(_recipe(tmp_path, make_tiny_checkpoint("llama"), steps=4, every=4)))
+    run = tmp_path / "run"
+    extend(recipe=recipe, out=run, data=DataSpec(paths=(str(corpus),)), echo=print, progress=False)
+    said: list[str] = []
+    recover(run=run, steps=2, echo=said.append, progress=False)
+
+    def evals() -> list[tuple[str, int, float]]:
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [(r["stage"], r["step"], r["val_loss"]) for r in rows if r["kind"] == "eval"]
+
+    first = evals()
+    # Stage 1's last validation (Lighthouse), then the same weights validated dense, then the end.
+    assert [(stage, step) for stage, step, _ in first] == [("lighthouse", 4), ("dense", 4),
+                                                           ("dense", 6)]
+    assert first[0][2] != first[1][2]  # the operator alone changed the loss
+    switch = next(line for line in said if line.startswith("at the switch"))
+    assert f"{first[1][2]:.4f} with dense attention, {first[0][2]:.4f} with stage 1's" in switch
+
+    # Recovery lost before its first checkpoint starts again from stage 1's: one switch row.
+    shutil.rmtree(latest_checkpoint(run))
+    assert latest_checkpoint(run).name == "step-0000004"
+    recover(run=run, steps=2, echo=print, progress=False)
+    assert [(stage, step) for stage, step, _ in evals()] == [(s, n) for s, n, _ in first]
 
 
 def test_sigkill_then_resume_is_bit_identical(make_tiny_checkpoint, corpus: Path,
