@@ -16,11 +16,11 @@ from typing import Any
 
 from . import __version__
 from .manifest import RunManifest
+from .metrics import read_metrics
 
 CARD_NAME = "README.md"
 CARD_TAGS = ("lh-convert", "lighthouse-attention", "long-context")
 EVAL_RESULTS = Path("eval") / "results.md"
-METRICS_NAME = "metrics.jsonl"
 PAPER = "Peng, Ghosh, Quesnelle, arXiv 2605.06554"
 # metrics.jsonl stage names -> how the card names them, in training order.
 STAGE_TITLES = {"lighthouse": "1: `extend` (Lighthouse)", "dense": "2: `recover` (dense)"}
@@ -42,24 +42,9 @@ class StageSummary:
     val_late_loss: float | None
 
 
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    """The JSON records of ``metrics.jsonl``; a line cut short by a crash is skipped."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
 def summarize_training(*, run_dir: Path) -> list[StageSummary]:
     """Steps, tokens and final validation losses of each stage that trained, in stage order."""
-    records = _read_records(Path(run_dir) / METRICS_NAME)
+    records = read_metrics(run_dir)
     train = sorted((r for r in records if r.get("kind") == "train" and "step" in r),
                    key=lambda r: r["step"])
     summaries = []

@@ -3,11 +3,12 @@ evaluation's retrieval heat maps and loss by position."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .metrics import read_metrics
 
 if TYPE_CHECKING:
     from .evaluate import ModelResults
@@ -15,18 +16,11 @@ if TYPE_CHECKING:
 LOSS_PLOT = "loss.png"
 
 
-def _read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def plot_run(run_dir: Path) -> Path | None:
     """Write ``RUN_DIR/loss.png``: training loss per step, validation loss and late-position
     loss, stage 1 and recovery in different colours, a dashed line at the switch."""
     plt = pyplot()
-    records = _read_metrics(run_dir)
+    records = read_metrics(run_dir)
     train = [r for r in records if r.get("kind") == "train"]
     if not train:
         return None

@@ -9,7 +9,6 @@ data order is a pure function of the seed and the step, so a resumed run sees th
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
@@ -27,12 +26,12 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from .checkpoint import write_text_atomic
 from .checkpointing import wrap_decoder_layers
 from .data import DataSpec, tokenize_corpus
 from .errors import LhConvertError
 from .loss import CausalLMLoss
 from .manifest import read_manifest
+from .metrics import METRICS, append_metrics, read_metrics, rewrite_metrics
 from .packing import PackedSequences, batch_iterator
 from .plan import recovery_note
 from .recipes import Recipe
@@ -47,7 +46,6 @@ from .train_state import (
 from .wheel_models import cache_dir
 
 LIGHTHOUSE_STAGE, DENSE_STAGE = "lighthouse", "dense"
-METRICS = "metrics.jsonl"
 LATE_FRACTION = 0.25
 
 
@@ -128,27 +126,20 @@ class StageResult:
     seconds: float
 
 
-def _append_metrics(run_dir: Path, record: dict) -> None:
-    with open(Path(run_dir) / METRICS, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-
-
 def _truncate_metrics(run_dir: Path, *, after_step: int, redo_switch: bool = False) -> None:
     """Drop log lines of steps the resumed run will redo (they were never checkpointed), and with
     ``redo_switch`` the validation at the switch, which a recovery starting afresh repeats."""
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
+    if not (Path(run_dir) / METRICS).is_file():
         return
-    rows = [(line, json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
-    keep = [line for line, row in rows if row["step"] <= after_step
-            and not (redo_switch and _is_switch_eval(row, after_step))]
-    write_text_atomic(path, "".join(line + "\n" for line in keep))
+    rewrite_metrics(run_dir, [r for r in read_metrics(run_dir) if r["step"] <= after_step
+                              and not (redo_switch and _is_switch_eval(r, after_step))])
 
 
 def _is_switch_eval(row: dict, stage1_steps: int) -> bool:
     """The dense validation of stage 1's final weights that recovery logs before its first step
     (a recovery step is numbered after stage 1, so a dense eval at stage 1's last step is it)."""
-    return row["kind"] == "eval" and row["stage"] == DENSE_STAGE and row["step"] == stage1_steps
+    return (row.get("kind") == "eval" and row.get("stage") == DENSE_STAGE
+            and row["step"] == stage1_steps)
 
 
 def _evaluate(model, samples: PackedSequences, *, recipe: Recipe, env: Dist, sharded: bool
@@ -298,7 +289,7 @@ def _run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env
     if at_switch:  # the jump at the switch: stage 1's weights, now with dense attention
         val, late = _evaluate(wrapper, validation, recipe=recipe, env=env, sharded=sharded)
         if env.main:
-            _append_metrics(run_dir, {"kind": "eval", "stage": stage, "step": start,
+            append_metrics(run_dir, {"kind": "eval", "stage": stage, "step": start,
                                       "val_loss": val, "val_late_loss": late})
             echo(f"at the switch (step {start}, stage 1's weights): validation loss {val:.4f} "
                  f"with dense attention{_stage1_val_text(run_dir, start)}")
@@ -339,14 +330,14 @@ def _run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env
                       "tokens": tokens, "tokens_per_s": tokens_per_step / seconds,
                       "step_s": seconds, "memory_gib": _peak_memory_gib(env)}
             if env.main:
-                _append_metrics(run_dir, record)
+                append_metrics(run_dir, record)
                 bar.update(1)
                 bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}",
                                 tok_s=f"{record['tokens_per_s']:.0f}")
             if step % train.eval_every == 0 or step == last_step:
                 val, late = _evaluate(wrapper, validation, recipe=recipe, env=env, sharded=sharded)
                 if env.main:
-                    _append_metrics(run_dir, {"kind": "eval", "stage": stage, "step": step,
+                    append_metrics(run_dir, {"kind": "eval", "stage": stage, "step": step,
                                               "val_loss": val, "val_late_loss": late})
             if step % train.checkpoint_every == 0 or step == end:
                 save(step)
@@ -365,11 +356,8 @@ def _run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env
 
 def _stage1_val_text(run_dir: Path, stage1_steps: int) -> str:
     """", X with stage 1's attention" from stage 1's validation at its last step, if logged."""
-    path = Path(run_dir) / METRICS
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
-        if path.is_file() else []
-    last = [r for r in rows if r["kind"] == "eval" and r["stage"] == LIGHTHOUSE_STAGE
-            and r["step"] == stage1_steps]
+    last = [r for r in read_metrics(run_dir) if r.get("kind") == "eval"
+            and r.get("stage") == LIGHTHOUSE_STAGE and r["step"] == stage1_steps]
     return f", {last[-1]['val_loss']:.4f} with stage 1's attention" if last else ""
 
 

@@ -194,9 +194,12 @@ def test_recovery_validates_stage_1_weights_densely_at_the_switch_once(
     switch = next(line for line in said if line.startswith("at the switch"))
     assert f"{first[1][2]:.4f} with dense attention, {first[0][2]:.4f} with stage 1's" in switch
 
-    # Recovery lost before its first checkpoint starts again from stage 1's: one switch row.
+    # Recovery lost before its first checkpoint (killed mid-way through writing a log line)
+    # starts again from stage 1's: the cut line is dropped, and there is one switch row.
     shutil.rmtree(latest_checkpoint(run))
     assert latest_checkpoint(run).name == "step-0000004"
+    with open(run / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        handle.write('{"kind": "train", "stage": "dense", "st')
     recover(run=run, steps=2, echo=print, progress=False)
     assert [(stage, step) for stage, step, _ in evals()] == [(s, n) for s, n, _ in first]
 
