@@ -45,7 +45,7 @@ class StageSummary:
 def summarize_training(*, run_dir: Path) -> list[StageSummary]:
     """Steps, tokens and final validation losses of each stage that trained, in stage order."""
     records = read_metrics(run_dir)
-    train = sorted((r for r in records if r.get("kind") == "train" and "step" in r),
+    train = sorted((r for r in records if r.get("kind") == "train"),
                    key=lambda r: r["step"])
     summaries = []
     for stage in STAGE_TITLES:

@@ -283,16 +283,21 @@ def _run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env
         if sharded:
             dist.barrier()
 
+    def validate(step: int) -> float:
+        val, late = _evaluate(wrapper, validation, recipe=recipe, env=env, sharded=sharded)
+        if env.main:
+            append_metrics(run_dir, {"kind": "eval", "stage": stage, "step": step,
+                                     "val_loss": val, "val_late_loss": late})
+        return val
+
+    if at_switch:  # the jump at the switch: stage 1's weights, now with dense attention
+        val = validate(start)
+        if env.main:
+            echo(f"at the switch (step {start}, stage 1's weights): validation loss {val:.4f} "
+                 f"with dense attention{_stage1_val_text(run_dir, start)}")
     # Named by what runs: a dense baseline's stage 1 is not a Lighthouse stage.
     desc = ("stage 2 (recovery)" if stage == DENSE_STAGE else
             f"stage 1 ({'Lighthouse' if report.layers('lighthouse') else 'dense'})")
-    if at_switch:  # the jump at the switch: stage 1's weights, now with dense attention
-        val, late = _evaluate(wrapper, validation, recipe=recipe, env=env, sharded=sharded)
-        if env.main:
-            append_metrics(run_dir, {"kind": "eval", "stage": stage, "step": start,
-                                      "val_loss": val, "val_late_loss": late})
-            echo(f"at the switch (step {start}, stage 1's weights): validation loss {val:.4f} "
-                 f"with dense attention{_stage1_val_text(run_dir, start)}")
     bar = _progress_bar(total=end - start, desc=desc, enabled=progress and env.main)
     started, last_loss, step = time.perf_counter(), None, start
     try:
@@ -335,10 +340,7 @@ def _run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env
                 bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}",
                                 tok_s=f"{record['tokens_per_s']:.0f}")
             if step % train.eval_every == 0 or step == last_step:
-                val, late = _evaluate(wrapper, validation, recipe=recipe, env=env, sharded=sharded)
-                if env.main:
-                    append_metrics(run_dir, {"kind": "eval", "stage": stage, "step": step,
-                                              "val_loss": val, "val_late_loss": late})
+                validate(step)
             if step % train.checkpoint_every == 0 or step == end:
                 save(step)
     except KeyboardInterrupt:

@@ -452,7 +452,8 @@ def step_restore(layout: Layout, args: argparse.Namespace) -> None:
             print(f"restored {target}")
 
 
-STEPS = {"prepare": step_prepare, "save": step_save, "restore": step_restore, "stage-a": step_stage_a, "join": step_join,
+STEPS = {"prepare": step_prepare, "save": step_save, "restore": step_restore,
+         "stage-a": step_stage_a, "join": step_join,
          "dense": lambda layout, args: step_arm(layout, args, "dense"),
          "lighthouse": lambda layout, args: step_arm(layout, args, "lighthouse"),
          REPEAT: lambda layout, args: step_arm(layout, args, REPEAT, seed=args.seed + 1),
