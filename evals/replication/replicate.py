@@ -421,7 +421,7 @@ def step_pack(layout: Layout, args: argparse.Namespace) -> None:
 def step_report(layout: Layout, args: argparse.Namespace) -> None:
     from report import write_report  # evals/replication/report.py
 
-    archives = [Path(a) for a in args.archive] or [layout.root / "replication.tar.gz"]
+    archives = args.archive or [layout.root / "replication.tar.gz"]
     write_report(archives=archives, out=Path(args.out), stage1=budget(args)[0])
 
 
@@ -496,7 +496,8 @@ def main() -> None:
                         help="prepare: do not download the wheels")
     parser.add_argument("--archive", action="append", default=[],
                         help="report: a packed .tar.gz; repeat it to merge archives packed by "
-                             "calls that did not share .rep, in the order they ran")
+                             "calls that did not share .rep, in the order they ran; "
+                             "PATH#ARM,ARM takes only those arms' records from it")
     parser.add_argument("--out", default="docs/replication", help="report: folder for the plots")
     args = parser.parse_args()
     sys.path[:0] = [str(REPO), str(REP / "site")]

@@ -2,8 +2,9 @@
 
 Reads what `pack` wrote (metrics.jsonl of each arm, timings, valloss.json and the eval summaries)
 and writes into `out`: val_loss.png (validation loss vs training tokens, both arms, the switch
-marked), train_loss.png (training loss around the switch), the eval plots of every model, and
-section.md (tables ready for docs/results.md).
+marked), train_loss.png (training loss around the switch), quality_vs_time.png (validation loss
+with dense attention vs seconds of training steps), the eval plots of every model, and section.md
+(tables ready for docs/results.md).
 """
 
 from __future__ import annotations
@@ -70,6 +71,29 @@ def _arm_numbers(metrics: list[dict], stage1: int) -> dict:
     return numbers
 
 
+def _loss_by_time(metrics: list[dict], arm: str) -> list[tuple[float, float]]:
+    """(seconds of training steps so far, validation loss) at each validation with dense
+    attention: every one of a dense arm, the lighthouse arm's from the switch on."""
+    seconds, elapsed, points = 0.0, {0: 0.0}, []
+    for r in metrics:
+        if r["kind"] == "train":
+            seconds += r["step_s"]
+            elapsed[r["step"]] = seconds
+        elif arm != "lighthouse" or r["stage"] == "dense":
+            points.append((elapsed.get(r["step"], seconds), r["val_loss"]))
+    return points
+
+
+def _time_to_reach(points: list[tuple[float, float]], loss: float) -> str:
+    """When a curve of `_loss_by_time` first reaches `loss`, linear between validations."""
+    if points and points[0][1] <= loss:
+        return f"{points[0][0]:.0f}s or less (its first validation)"
+    for (t0, l0), (t1, l1) in zip(points, points[1:]):
+        if l1 <= loss:
+            return f"{t0 + (t1 - t0) * (l0 - loss) / (l0 - l1):.0f}s (linear between validations)"
+    return "not within its run"
+
+
 def _val_jump(numbers: dict) -> str:
     """The validation-loss jump at the switch; when it was measured only after some recovery
     steps (runs that did not validate at the switch), says after how many."""
@@ -107,7 +131,18 @@ def _plot(root: Path, out: Path, stage1: int, tokens_per_step: int | None) -> li
         ax.legend(fontsize=8)
         save_figure(fig, out / name, dpi=120)
         written.append(name)
-    return written
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for arm in (*ARMS, REPEAT):
+        points = _loss_by_time(_jsonl(root / "runs" / arm / "metrics.jsonl"), arm)
+        if points:
+            ax.plot(*zip(*points), "o-", ms=3, label=arm, color=COLOURS[arm])
+    ax.set(xlabel="training-step time (s; conversion, loading and validation left out)",
+           ylabel="validation loss, dense attention",
+           title="quality against time: where each arm is after the same seconds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, out / "quality_vs_time.png", dpi=120)
+    return [*written, "quality_vs_time.png"]
 
 
 def _outcome(timing: dict, later: list[dict]) -> str:
@@ -121,14 +156,45 @@ def _outcome(timing: dict, later: list[dict]) -> str:
     return f" (failed, exit {timing['exit']})"
 
 
-def merge_archives(archives: list[Path], root: Path) -> None:
+def split_archive(argument: str) -> tuple[Path, tuple[str, ...] | None]:
+    """`PATH` (the whole archive) or `PATH#ARM,ARM` (only those arms' records)."""
+    path, _, arms = argument.partition("#")
+    return Path(path), tuple(a for a in arms.split(",") if a) or None
+
+
+def _belongs(relative: Path, arms: tuple[str, ...]) -> bool:
+    """Whether a packed file is one of `arms`' records: its run, eval, recipe or log."""
+    parts = relative.parts
+    return parts[0] == "corpus" or any(
+        parts[:2] in (("runs", arm), ("eval", arm), ("recipes", f"{arm}.toml"),
+                      ("logs", f"{arm}.log")) for arm in arms)
+
+
+def _arm_timings(text: str, arms: tuple[str, ...]) -> str:
+    """The timings rows of `arms`' commands: their training, and the evaluation of each."""
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return "".join(json.dumps(row) + "\n" for row in rows if row["step"] in arms or any(
+        f"--model {arm} " in row["command"] + " " for arm in arms))
+
+
+def merge_archives(archives: list[Path | str], root: Path) -> None:
     """Unpack `archives` into `root` in order: a later archive's file replaces an earlier one's,
     except the logs (`*.log`, `*.jsonl` outside runs/), whose lines are appended once each, so
-    calls that did not share .rep (each packing what it has) add up to one record."""
-    for index, archive in enumerate(archives):
+    calls that did not share .rep (each packing what it has) add up to one record. An archive
+    given as `PATH#ARM,ARM` adds only those arms' records (runs, evals, recipes, logs and
+    timings): an arm of an earlier session beside the arms of a later one."""
+    for index, argument in enumerate(archives):
+        archive, arms = split_archive(str(argument))
         part = root.parent / f"{root.name}.part{index}"
         with tarfile.open(archive) as tar:
             tar.extractall(part, filter="data")
+        if arms is not None:
+            for path in [p for p in part.rglob("*") if p.is_file()]:
+                relative = path.relative_to(part)
+                if relative == Path("timings.jsonl"):
+                    path.write_text(_arm_timings(path.read_text(), arms))
+                elif not _belongs(relative, arms):
+                    path.unlink()
         for path in sorted(p for p in part.rglob("*") if p.is_file()):
             target = root / path.relative_to(part)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +210,7 @@ def merge_archives(archives: list[Path], root: Path) -> None:
         shutil.rmtree(part)
 
 
-def write_report(*, archives: list[Path], out: Path, stage1: int) -> None:
+def write_report(*, archives: list[Path | str], out: Path, stage1: int) -> None:
     """Merge `archives`, write the plots and section.md into `out`. `stage1`: the stage-1
     steps of the budget, where the lighthouse arm's recorded recipe does not say."""
     out.mkdir(parents=True, exist_ok=True)
@@ -220,19 +286,33 @@ def _markdown(root: Path, *, stage1: int, tokens_per_step: int | None, plots: li
                   f"{walls['lighthouse']:.0f}s ({walls['lighthouse'] / walls['dense']:.2f}x); "
                   f"training steps alone: dense {steps['dense']:.0f}s, lighthouse "
                   f"{steps['lighthouse']:.0f}s ({steps['lighthouse'] / max(steps['dense'], 1e-9):.2f}x)."]
+        repeat = sum(t["seconds"] for t in timings if t["step"] == REPEAT)
+        if repeat and REPEAT in numbers:
+            lines[-1] += (f" The dense arm's repeat: {repeat:.0f}s of commands, "
+                          f"{sum(s['seconds'] for s in numbers[REPEAT]['stages'].values()):.0f}s "
+                          f"of steps (lighthouse {walls['lighthouse'] / repeat:.2f}x of it).")
     lines += ["", "Validation during stage 1 runs the stage's own attention (Lighthouse in the "
               "lighthouse arm); after the switch, and in every later table, it is dense.",
               "", "| arm | final val loss | final val loss, last quarter | train-loss jump at the "
               "switch | val-loss jump | recovery steps |", "|---|---|---|---|---|---|"]
     for arm in arms:
         n = numbers[arm]
+        # The dense arms' recipes keep every layer dense: nothing switches, so no jump to show.
+        jumps = (f"{n.get('jump', float('nan')):+.4f} | {_val_jump(n)} | "
+                 f"{n.get('recovery_steps', '-')}") if arm == "lighthouse" else "- | - | -"
         lines.append(f"| {arm} | {n.get('final_val', float('nan')):.4f} | "
-                     f"{n.get('final_late', float('nan')):.4f} | {n.get('jump', float('nan')):+.4f} | "
-                     f"{_val_jump(n)} | {n.get('recovery_steps', '-')} |")
+                     f"{n.get('final_late', float('nan')):.4f} | {jumps} |")
     if REPEAT in numbers and "final_val" in numbers[REPEAT] and "final_val" in numbers["dense"]:
         spread = abs(numbers[REPEAT]["final_val"] - numbers["dense"]["final_val"])
         lines += ["", f"Run-to-run spread: the dense arm run twice (`--seed` and `--seed` + 1, "
                   f"another data order) ends {spread:.4f} apart in final validation loss."]
+    curves = {arm: _loss_by_time(_jsonl(root / "runs" / arm / "metrics.jsonl"), arm)
+              for arm in ARMS}
+    if "final_val" in numbers["lighthouse"] and curves["dense"] and curves["lighthouse"]:
+        target = numbers["lighthouse"]["final_val"]
+        lines += ["", f"Time to the lighthouse arm's final validation loss ({target:.4f}): "
+                  f"lighthouse {curves['lighthouse'][-1][0]:.0f}s of training steps, dense "
+                  f"{_time_to_reach(curves['dense'], target)} (`quality_vs_time.png`)."]
     lines += _paired_gaps(root, arms, stage1)
     lines += ["", "### Validation loss by length (first L positions of each window; mean ± "
               "standard error over windows; last quarter of those L positions after the slash)", ""]

@@ -95,6 +95,34 @@ def test_archives_of_two_calls_merge_into_one_record(report, tmp_path):
     assert not list(tmp_path.glob("merged.part*"))  # the scratch folders are gone
 
 
+def test_an_archive_can_give_only_some_arms(report, tmp_path):
+    """`PATH#dense`: an earlier session's dense arm beside a later session's other arms; the
+    earlier lighthouse arm, its eval and its timings stay out of the record."""
+    earlier = _archive(tmp_path / "earlier.tar.gz", {
+        "runs/dense/metrics.jsonl": "dense\n", "runs/lighthouse/metrics.jsonl": "old\n",
+        "eval/dense/valloss.json": "{}", "eval/lighthouse/valloss.json": "{}",
+        "logs/dense.log": "dense log\n", "logs/lighthouse.log": "old log\n",
+        "recipes/dense.toml": "", "recipes/lighthouse.toml": "", "corpus/meta.json": "{}",
+        "timings.jsonl": _jsonl([_timing("dense", 100.0), _timing("lighthouse", 60.0),
+                                 {**_timing("eval", 9.0), "command": "eval-one --model dense"},
+                                 {**_timing("eval", 8.0), "command": "eval-one --model lighthouse"}])})
+    later = _archive(tmp_path / "later.tar.gz", {
+        "runs/lighthouse/metrics.jsonl": "new\n",
+        "timings.jsonl": _jsonl([_timing("lighthouse", 50.0)])})
+    root = tmp_path / "merged"
+    report.merge_archives([f"{earlier}#dense", later], root)
+
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    assert files == ["corpus/meta.json", "eval/dense/valloss.json", "logs/dense.log",
+                     "recipes/dense.toml", "runs/dense/metrics.jsonl",
+                     "runs/lighthouse/metrics.jsonl", "timings.jsonl"]
+    assert (root / "runs/lighthouse/metrics.jsonl").read_text() == "new\n"
+    timings = [json.loads(line) for line in (root / "timings.jsonl").read_text().splitlines()]
+    assert [(t["step"], t["seconds"]) for t in timings] == [("dense", 100.0), ("eval", 9.0),
+                                                            ("lighthouse", 50.0)]
+    assert report.split_archive("a/b.tar.gz") == (Path("a/b.tar.gz"), None)
+
+
 def test_section_reports_the_arms_from_their_metrics(report, tmp_path):
     recipe = {"recipe": {"train": {"stage1_steps": 2}}}
     archive = _archive(tmp_path / "run.tar.gz", {
@@ -120,7 +148,14 @@ def test_section_reports_the_arms_from_their_metrics(report, tmp_path):
     # stage 1's last; validation, the dense validation at the switch minus stage 1's last (the
     # dense arm, without one, gives its first recovery validation and says how much later).
     assert "| lighthouse | 1.7500 | 3.1000 | -1.2500 | -0.5000 | n/a (fell) |" in section
-    assert "| dense | 1.5000 | 2.1000 | -0.5000 | -0.5000 (after 2 recovery steps) |" in section
+    assert "| dense | 1.5000 | 2.1000 | - | - | - |" in section  # nothing switches in it
+    # Dense validations at 8s (2.0) and 16s (1.5) of steps reach 1.75 at 12s; lighthouse's
+    # first dense validation (the switch, 2.5) then 1.75 after its 10s of steps.
+    assert ("Time to the lighthouse arm's final validation loss (1.7500): lighthouse 10s of "
+            "training steps, dense 12s (linear between validations)") in section
+    assert report._time_to_reach([(5.0, 1.0)], 1.5) == "5s or less (its first validation)"
+    assert report._time_to_reach([(5.0, 2.0)], 1.5) == "not within its run"
+    assert (out / "quality_vs_time.png").stat().st_size > 0
     # Paired with the dense arm step for step: +1 over stage 1, +0.25 over each recovery step.
     assert "| arm | steps 1-2 | steps 3-3 | steps 4-4 |" in section
     assert "| lighthouse | +1.000 | +0.250 | +0.250 |" in section
