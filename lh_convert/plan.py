@@ -33,9 +33,10 @@ def recovery_note(train: TrainSettings) -> str | None:
     if train.recovery_steps >= SHORT_RECOVERY_STEPS:
         return None
     return (f"recovery has {train.recovery_steps} dense steps; the paper's loss took 1,000-1,500 "
-            f"to recover, and SmolLM2-135M at 64K after 180 Lighthouse + 60 recovery steps ended "
-            f"0.23 nats above dense continued training (docs/results.md): give recovery more "
-            f"steps (`recover --steps`) and compare with a dense run")
+            f"to recover, and SmolLM2-135M at 64K ended 0.23 nats above dense continued "
+            f"training after 180 Lighthouse + 60 recovery steps, 0.11 after 132 + 108 "
+            f"(docs/results.md): give recovery more steps (`recover --steps`) and compare with "
+            f"a dense run")
 
 
 @dataclass(frozen=True)
