@@ -103,9 +103,10 @@ def test_an_archive_can_give_only_some_arms(report, tmp_path):
         "eval/dense/valloss.json": "{}", "eval/lighthouse/valloss.json": "{}",
         "logs/dense.log": "dense log\n", "logs/lighthouse.log": "old log\n",
         "recipes/dense.toml": "", "recipes/lighthouse.toml": "", "corpus/meta.json": "{}",
-        "timings.jsonl": _jsonl([_timing("dense", 100.0), _timing("lighthouse", 60.0),
-                                 {**_timing("eval", 9.0), "command": "eval-one --model dense"},
-                                 {**_timing("eval", 8.0), "command": "eval-one --model lighthouse"}])})
+        "timings.jsonl": _jsonl([
+            _timing("dense", 100.0), _timing("lighthouse", 60.0),
+            {**_timing("eval", 9.0), "command": "eval-one --model dense"},
+            {**_timing("eval", 8.0), "command": "eval-one --model lighthouse"}])})
     later = _archive(tmp_path / "later.tar.gz", {
         "runs/lighthouse/metrics.jsonl": "new\n",
         "timings.jsonl": _jsonl([_timing("lighthouse", 50.0)])})
