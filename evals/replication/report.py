@@ -103,7 +103,8 @@ def _val_jump(numbers: dict) -> str:
     return f"{numbers['val_jump']:+.4f}" + (f" (after {later} recovery steps)" if later else "")
 
 
-def _plot(root: Path, out: Path, stage1: int, tokens_per_step: int | None) -> list[str]:
+def _plot(metrics: dict[str, list[dict]], out: Path, stage1: int,
+          tokens_per_step: int | None) -> list[str]:
     from lh_convert.plots import pyplot, save_figure
 
     plt = pyplot()
@@ -112,7 +113,7 @@ def _plot(root: Path, out: Path, stage1: int, tokens_per_step: int | None) -> li
                                    ("train", "loss", "train_loss.png", "training loss")):
         fig, ax = plt.subplots(figsize=(7.5, 4.2))
         for arm in (*ARMS, REPEAT):  # the repeat only where it was run
-            rows = [r for r in _jsonl(root / "runs" / arm / "metrics.jsonl") if r["kind"] == kind]
+            rows = [r for r in metrics[arm] if r["kind"] == kind]
             if not rows:
                 continue
             x = [r["step"] * tokens_per_step / 1e6 if tokens_per_step else r["step"] for r in rows]
@@ -133,7 +134,7 @@ def _plot(root: Path, out: Path, stage1: int, tokens_per_step: int | None) -> li
         written.append(name)
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for arm in (*ARMS, REPEAT):
-        points = _loss_by_time(_jsonl(root / "runs" / arm / "metrics.jsonl"), arm)
+        points = _loss_by_time(metrics[arm], arm)
         if points:
             ax.plot(*zip(*points), "o-", ms=3, label=arm, color=COLOURS[arm])
     ax.set(xlabel="training-step time (s; conversion, loading and validation left out)",
@@ -219,28 +220,29 @@ def write_report(*, archives: list[Path | str], out: Path, stage1: int) -> None:
         merge_archives(archives, root)
         recipe = json.loads((root / "runs" / "lighthouse" / "recipe.json").read_text()) \
             if (root / "runs" / "lighthouse" / "recipe.json").is_file() else None
-        first = [r for arm in ARMS for r in _jsonl(root / "runs" / arm / "metrics.jsonl")
-                 if r["kind"] == "train"]
+        # Each arm's training log, read once (empty where the arm was not run).
+        metrics = {arm: _jsonl(root / "runs" / arm / "metrics.jsonl") for arm in (*ARMS, REPEAT)}
+        first = [r for arm in ARMS for r in metrics[arm] if r["kind"] == "train"]
         tokens_per_step = first[0]["tokens"] // first[0]["step"] if first else None
         if recipe is not None:
             stage1 = recipe["recipe"]["train"]["stage1_steps"]
-        plots = _plot(root, out, stage1, tokens_per_step)
+        plots = _plot(metrics, out, stage1, tokens_per_step)
         for model in (*MODELS, REPEAT):
             for png in sorted((root / "eval" / model).glob("*.png")):
                 shutil.copyfile(png, out / f"{model}-{png.name}")
                 plots.append(f"{model}-{png.name}")
-        lines = _markdown(root, stage1=stage1, tokens_per_step=tokens_per_step, plots=plots,
-                          out=out)
+        lines = _markdown(root, metrics, stage1=stage1, tokens_per_step=tokens_per_step,
+                          plots=plots, out=out)
     (out / "section.md").write_text("\n".join(lines) + "\n")
     print(f"report: {out / 'section.md'} and {len(plots)} plots in {out}")
 
 
-def _paired_gaps(root: Path, arms: list[str], stage1: int) -> list[str]:
+def _paired_gaps(metrics: dict[str, list[dict]], arms: list[str], stage1: int) -> list[str]:
     """Training loss minus the dense arm's at the same step, averaged over spans of steps.
     Every arm reads the same batches in the same order, so step for step this is a paired
     comparison: the gap at the end of recovery is what the switch has not yet won back."""
-    loss = {arm: {r["step"]: r["loss"] for r in _jsonl(root / "runs" / arm / "metrics.jsonl")
-                  if r["kind"] == "train"} for arm in arms}
+    loss = {arm: {r["step"]: r["loss"] for r in metrics[arm] if r["kind"] == "train"}
+            for arm in arms}
     if not loss.get("dense") or len(loss) < 2:
         return []
     last = max(loss["dense"])
@@ -262,15 +264,14 @@ def _paired_gaps(root: Path, arms: list[str], stage1: int) -> list[str]:
     return lines
 
 
-def _markdown(root: Path, *, stage1: int, tokens_per_step: int | None, plots: list[str],
-              out: Path) -> list[str]:
+def _markdown(root: Path, metrics: dict[str, list[dict]], *, stage1: int,
+              tokens_per_step: int | None, plots: list[str], out: Path) -> list[str]:
     timings = _jsonl(root / "timings.jsonl")
     lines = ["### Training (same seed, data order, schedule and token budget)", "",
              "| arm | stage | attention | steps | tokens | step time (s) | median tokens/s | "
              "peak GiB |", "|---|---|---|---|---|---|---|---|"]
     arms = [*ARMS, REPEAT] if (root / "runs" / REPEAT / "metrics.jsonl").is_file() else list(ARMS)
-    numbers = {arm: _arm_numbers(_jsonl(root / "runs" / arm / "metrics.jsonl"), stage1)
-               for arm in arms}
+    numbers = {arm: _arm_numbers(metrics[arm], stage1) for arm in arms}
     for arm in arms:
         for stage, s in numbers[arm]["stages"].items():
             tokens = s["steps"] * tokens_per_step if tokens_per_step else 0
@@ -279,7 +280,7 @@ def _markdown(root: Path, *, stage1: int, tokens_per_step: int | None, plots: li
                          f"{tokens / 1e6:.2f}M | "
                          f"{s['seconds']:.0f} | {s['tokens_per_s']:,.0f} | {s['memory_gib']:.1f} |")
     walls = {arm: sum(t["seconds"] for t in timings if t["step"] == arm) for arm in ARMS}
-    steps = {arm: sum(s["seconds"] for s in numbers[arm]["stages"].values()) for arm in ARMS}
+    steps = {arm: sum(s["seconds"] for s in numbers[arm]["stages"].values()) for arm in arms}
     if all(walls.values()):
         lines += ["", f"Wall time of each arm's commands (conversion, loading, validation and "
                   f"checkpoints included): dense {walls['dense']:.0f}s, lighthouse "
@@ -289,8 +290,8 @@ def _markdown(root: Path, *, stage1: int, tokens_per_step: int | None, plots: li
         repeat = sum(t["seconds"] for t in timings if t["step"] == REPEAT)
         if repeat and REPEAT in numbers:
             lines[-1] += (f" The dense arm's repeat: {repeat:.0f}s of commands, "
-                          f"{sum(s['seconds'] for s in numbers[REPEAT]['stages'].values()):.0f}s "
-                          f"of steps (lighthouse {walls['lighthouse'] / repeat:.2f}x of it).")
+                          f"{steps[REPEAT]:.0f}s of steps (lighthouse "
+                          f"{walls['lighthouse'] / repeat:.2f}x of it).")
     lines += ["", "Validation during stage 1 runs the stage's own attention (Lighthouse in the "
               "lighthouse arm); after the switch, and in every later table, it is dense.",
               "", "| arm | final val loss | final val loss, last quarter | train-loss jump at the "
@@ -306,14 +307,13 @@ def _markdown(root: Path, *, stage1: int, tokens_per_step: int | None, plots: li
         spread = abs(numbers[REPEAT]["final_val"] - numbers["dense"]["final_val"])
         lines += ["", f"Run-to-run spread: the dense arm run twice (`--seed` and `--seed` + 1, "
                   f"another data order) ends {spread:.4f} apart in final validation loss."]
-    curves = {arm: _loss_by_time(_jsonl(root / "runs" / arm / "metrics.jsonl"), arm)
-              for arm in ARMS}
+    curves = {arm: _loss_by_time(metrics[arm], arm) for arm in ARMS}
     if "final_val" in numbers["lighthouse"] and curves["dense"] and curves["lighthouse"]:
         target = numbers["lighthouse"]["final_val"]
         lines += ["", f"Time to the lighthouse arm's final validation loss ({target:.4f}): "
                   f"lighthouse {curves['lighthouse'][-1][0]:.0f}s of training steps, dense "
                   f"{_time_to_reach(curves['dense'], target)} (`quality_vs_time.png`)."]
-    lines += _paired_gaps(root, arms, stage1)
+    lines += _paired_gaps(metrics, arms, stage1)
     lines += ["", "### Validation loss by length (first L positions of each window; mean ± "
               "standard error over windows; last quarter of those L positions after the slash)", ""]
     valloss = {m: json.loads((root / "eval" / m / "valloss.json").read_text())
