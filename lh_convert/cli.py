@@ -41,6 +41,13 @@ def main() -> None:
     """
 
 
+_INIT_OPTION = click.option(
+    "--init", type=click.Choice(["pretrained", "random"]), default=None,
+    show_default="pretrained",
+    help="pretrained: the source's weights (a conversion); random: its architecture and "
+         "tokenizer with fresh weights, trained from scratch (needs no weight files).")
+
+
 def _lighthouse_options(function):
     for option in reversed([
         click.option("--levels", default=3, help="Pyramid levels L (>= 2)."),
@@ -64,18 +71,22 @@ def _lighthouse_options(function):
               help="How RoPE is extended (theta: NTK-aware base increase).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
               default="auto", help="Weight dtype (auto: the source's; float32 for GGUF).")
+@_INIT_OPTION
+@click.option("--seed", default=0, help="Seed of the random init (with --init random).")
 @_lighthouse_options
-def convert(model: str, ctx: str, out: Path, rope: str, dtype: str, levels: int, pooling: int,
-            topk: int, tile: int, dense_layers: str) -> None:
+def convert(model: str, ctx: str, out: Path, rope: str, dtype: str, init: str | None, seed: int,
+            levels: int, pooling: int, topk: int, tile: int, dense_layers: str) -> None:
     """Convert a checkpoint into a Lighthouse run folder (RoPE + context + settings)."""
     from .attention import LighthouseSettings
     from .surgery import convert as convert_model, parse_dense_layers
 
     settings = LighthouseSettings(levels=levels, pooling=pooling, topk=topk, tile=tile,
                                   dense_layers=parse_dense_layers(dense_layers))
-    result = convert_model(model=model, ctx=ctx, out=out, rope=rope, settings=settings, dtype=dtype)
+    result = convert_model(model=model, ctx=ctx, out=out, rope=rope, settings=settings, dtype=dtype,
+                           init=init or "pretrained", seed=seed)
     manifest = result.manifest
-    click.echo(f"converted {manifest.source['spec']} ({manifest.model_type}, "
+    weights = " with random weights" if manifest.init["kind"] == "random" else ""
+    click.echo(f"converted {manifest.source['spec']}{weights} ({manifest.model_type}, "
                f"{manifest.num_parameters / 1e6:.1f}M parameters, {manifest.dtype}) "
                f"in {result.seconds:.1f}s")
     click.echo(f"  RoPE: {manifest.rope['description']}")
@@ -133,7 +144,7 @@ def export(run: Path, out: Path, verify: bool, push_to_hub: str | None, private:
 
 def _recipe_from_flags(recipe: str | None, model: str | None, ctx: str | None, steps: int | None,
                        lr: float | None, grad_accum: int | None, micro_batch_size: int | None,
-                       cp: int | None = None):
+                       cp: int | None = None, init: str | None = None):
     from .recipes import Recipe, load_recipe
 
     if recipe is not None:
@@ -145,7 +156,8 @@ def _recipe_from_flags(recipe: str | None, model: str | None, ctx: str | None, s
         chosen = Recipe(name="custom", description="command-line settings", model=model, ctx=ctx)
     chosen = chosen.with_train(stage1_steps=steps, lr=lr, grad_accum=grad_accum,
                                micro_batch_size=micro_batch_size, cp=cp)
-    return dataclasses.replace(chosen, model=model or chosen.model, ctx=ctx or chosen.ctx)
+    return dataclasses.replace(chosen, model=model or chosen.model, ctx=ctx or chosen.ctx,
+                               init=init or chosen.init)
 
 
 _CP_OPTION = click.option(
@@ -159,6 +171,7 @@ def _training_options(function):
         click.option("--recipe", default=None, help="Recipe name (recipes/NAME.toml) or .toml file."),
         click.option("--model", "model", default=None, help="Model to convert (overrides the recipe)."),
         click.option("--ctx", default=None, help="Target context (overrides the recipe)."),
+        _INIT_OPTION,
         click.option("--data", multiple=True,
                      help="Training data: .txt/.jsonl/.parquet files or folders, a `datasets` "
                           "folder, or a hub dataset id. Default: the Python standard library."),
@@ -179,14 +192,15 @@ def _training_options(function):
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Run folder (created, or resumed when it exists).")
 @_training_options
-def extend(out: Path, recipe: str | None, model: str | None, ctx: str | None, data: tuple[str, ...],
-           steps: int | None, lr: float | None, grad_accum: int | None,
+def extend(out: Path, recipe: str | None, model: str | None, ctx: str | None, init: str | None,
+           data: tuple[str, ...], steps: int | None, lr: float | None, grad_accum: int | None,
            micro_batch_size: int | None, cp: int | None, dry_run: bool) -> None:
     """Convert (if needed) and train stage 1 with Lighthouse; re-run to resume."""
     from .data import DataSpec
     from .stages import extend as run_extend
 
-    chosen = _recipe_from_flags(recipe, model, ctx, steps, lr, grad_accum, micro_batch_size, cp)
+    chosen = _recipe_from_flags(recipe, model, ctx, steps, lr, grad_accum, micro_batch_size, cp,
+                                init)
     if dry_run:
         _print_plan(chosen)
         return
@@ -228,11 +242,12 @@ def _echo_once(text: str) -> None:
 
 @main.command(epilog="Example: lh-convert plan --recipe smollm2-135m-64k")
 @_training_options
-def plan(recipe: str | None, model: str | None, ctx: str | None, data: tuple[str, ...],
-         steps: int | None, lr: float | None, grad_accum: int | None,
+def plan(recipe: str | None, model: str | None, ctx: str | None, init: str | None,
+         data: tuple[str, ...], steps: int | None, lr: float | None, grad_accum: int | None,
          micro_batch_size: int | None, cp: int | None, dry_run: bool) -> None:
     """Print what training would do: parameters, RoPE, S vs N, memory and time estimates."""
-    _print_plan(_recipe_from_flags(recipe, model, ctx, steps, lr, grad_accum, micro_batch_size, cp))
+    _print_plan(_recipe_from_flags(recipe, model, ctx, steps, lr, grad_accum, micro_batch_size, cp,
+                                   init))
 
 
 def _print_plan(recipe) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,9 @@ from .checkpoint import write_json_atomic
 from .errors import LhConvertError
 
 MANIFEST_NAME = "manifest.json"
+# Where a run's weights come from: the source's own (a conversion), or a fresh random init of
+# the source's architecture (pre-training from scratch, the paper's setting).
+INITS: tuple[str, ...] = ("pretrained", "random")
 FORMAT = "lh-convert-run/1"
 
 
@@ -31,6 +34,8 @@ class RunManifest:
     selected_length: int
     dtype: str
     created: str
+    # {"kind": "pretrained"} (the source's weights) or {"kind": "random", "seed": N}.
+    init: dict[str, Any] = field(default_factory=lambda: {"kind": "pretrained"})
     tool_version: str = __version__
     format: str = FORMAT
 

@@ -76,7 +76,7 @@ def _display_name(source: dict[str, Any]) -> str:
 def _front_matter(manifest: RunManifest) -> str:
     # JSON strings are valid YAML scalars, so values are quoted with json.dumps.
     lines = ["---"]
-    if manifest.source.get("hub_id"):
+    if manifest.source.get("hub_id") and manifest.init["kind"] == "pretrained":
         lines.append(f"base_model: {json.dumps(manifest.source['hub_id'])}")
     lines += ["library_name: transformers", "tags:", *(f"- {tag}" for tag in CARD_TAGS),
               "pipeline_tag: text-generation", "---"]
@@ -125,6 +125,9 @@ def build_model_card(*, run_dir: Path, manifest: RunManifest, repo_id: str | Non
     stages = summarize_training(run_dir=run_dir)
     how = ("trained with Lighthouse Attention" if stages else
            "converted for training with Lighthouse Attention but not yet trained,")
+    if manifest.init["kind"] == "random":
+        how = (f"{how}, from randomly initialised weights (seed {manifest.init.get('seed')}; "
+               f"only the architecture and tokenizer are the base model's)")
     where = repo_id or "path/to/this/folder"
     version = f"lh-convert {__version__}"
     if manifest.tool_version != __version__:

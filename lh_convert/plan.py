@@ -63,7 +63,7 @@ def _device() -> tuple[str, float]:
 
 def make_plan(*, recipe: Recipe, world_size: int = 1) -> Plan:
     """Plan ``recipe`` for the device present; constraint failures are listed, not raised."""
-    source = resolve_source(recipe.model)
+    source = resolve_source(recipe.model, weights=False)
     config = load_config(source)
     ctx = parse_context(recipe.ctx)
     problems: list[str] = []

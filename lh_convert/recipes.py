@@ -16,6 +16,7 @@ from .attention import LighthouseSettings
 from .checkpointing import MODES as CHECKPOINTING_MODES
 from .checkpointing import checkpointing_mode
 from .errors import LhConvertError
+from .manifest import INITS
 from .rope import ROPE_METHODS
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -115,6 +116,7 @@ class Recipe:
     model: str
     ctx: str
     rope: str = "theta"
+    init: str = "pretrained"  # or "random": the model's architecture trained from scratch
     lighthouse: LighthouseSettings = field(default_factory=LighthouseSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
 
@@ -129,7 +131,8 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "model": self.model,
-                "ctx": self.ctx, "rope": self.rope, "lighthouse": self.lighthouse.to_dict(),
+                "ctx": self.ctx, "rope": self.rope, "init": self.init,
+                "lighthouse": self.lighthouse.to_dict(),
                 "train": dataclasses.asdict(self.train)}
 
 
@@ -159,6 +162,8 @@ def parse_recipe(data: dict[str, Any], *, where: str) -> Recipe:
             raise LhConvertError(f"{where}: missing field {required!r}")
     if data.get("rope", "theta") not in ROPE_METHODS:
         raise LhConvertError(f"{where}: rope={data['rope']!r}; choose one of {', '.join(ROPE_METHODS)}")
+    if data.get("init", "pretrained") not in INITS:
+        raise LhConvertError(f"{where}: init={data['init']!r}; choose one of {', '.join(INITS)}")
     try:
         lighthouse = LighthouseSettings.from_dict(data.pop("lighthouse", {}))
         lighthouse.kernel  # noqa: B018 - validates the kernel parameters

@@ -65,7 +65,6 @@ _HUB_SMALL_FILES = (
     "merges.txt",
     "chat_template.jinja",
     SAFETENSORS_INDEX_NAME,
-    atomic_directory,
 )
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
@@ -138,7 +137,8 @@ def _local_folder_source(spec: str, folder: Path) -> Source:
     return Source(spec=spec, kind="local", path=folder)
 
 
-def resolve_source(spec: str, *, hub_timeout_s: float = HUB_TIMEOUT_S) -> Source:
+def resolve_source(spec: str, *, hub_timeout_s: float = HUB_TIMEOUT_S,
+                   weights: bool = True) -> Source:
     """Turn the user's model argument into a `Source` with every file available locally.
 
     In order: an existing folder (must hold config.json); an existing `.gguf` file; an alias
@@ -149,6 +149,8 @@ def resolve_source(spec: str, *, hub_timeout_s: float = HUB_TIMEOUT_S) -> Source
     Args:
         spec: what the user typed after --model.
         hub_timeout_s: how long to wait for the hub before giving up.
+        weights: fetch the weights too; without them a hub model brings only its config and
+            tokenizer (enough for `plan` and for a randomly initialised model).
 
     Raises:
         LhConvertError: the path does not exist, the spec is unknown, or the hub cannot be reached.
@@ -179,7 +181,7 @@ def resolve_source(spec: str, *, hub_timeout_s: float = HUB_TIMEOUT_S) -> Source
         return Source(spec=spec, kind="gguf", path=file.parent, gguf_file=file.name, alias=spec)
     if spec in aliases:
         hub_id = aliases[spec]["hub_id"]
-        folder = _download_from_hub(hub_id, timeout_s=hub_timeout_s)
+        folder = _download_from_hub(hub_id, timeout_s=hub_timeout_s, weights=weights)
         return Source(spec=spec, kind="hub", path=folder, hub_id=hub_id, alias=spec)
     if _looks_like_path(spec):
         raise LhConvertError(
@@ -190,7 +192,7 @@ def resolve_source(spec: str, *, hub_timeout_s: float = HUB_TIMEOUT_S) -> Source
         return Source(
             spec=spec,
             kind="hub",
-            path=_download_from_hub(spec, timeout_s=hub_timeout_s),
+            path=_download_from_hub(spec, timeout_s=hub_timeout_s, weights=weights),
             hub_id=spec,
         )
     raise LhConvertError(
@@ -245,8 +247,9 @@ def _cached_snapshot(hub_id: str) -> Path | None:
     return folder if (folder / "config.json").is_file() else None
 
 
-def _download_from_hub(hub_id: str, *, timeout_s: float) -> Path:
-    """Download config, tokenizer and safetensors weights of `hub_id`; return the snapshot folder.
+def _download_from_hub(hub_id: str, *, timeout_s: float, weights: bool = True) -> Path:
+    """Download config, tokenizer and (with `weights`) the safetensors weights of `hub_id`;
+    return the snapshot folder.
 
     The hub is asked first, with a hard deadline, for the repository's file list; if it cannot
     be reached, an earlier download in the cache is used, and failing that the user is told to
@@ -271,6 +274,8 @@ def _download_from_hub(hub_id: str, *, timeout_s: float) -> Path:
     small_files = [name for name in _HUB_SMALL_FILES if name in top_level]
     try:
         folder = Path(snapshot_download(hub_id, revision=info.sha, allow_patterns=small_files))
+        if not weights:
+            return folder
         weight_files = _weight_files(folder, top_level=top_level, hub_id=hub_id)
         folder = Path(
             snapshot_download(hub_id, revision=info.sha, allow_patterns=small_files + weight_files)

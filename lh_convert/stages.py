@@ -58,6 +58,9 @@ def extend(*, recipe: Recipe, out: Path, data: DataSpec, echo: Callable[[str], N
             raise LhConvertError(
                 f"{out} holds a run of {manifest.source.get('spec')} at {manifest.target_context} "
                 f"tokens, not {recipe.model} at {ctx}; choose a new --out")
+        if manifest.init["kind"] != recipe.init:
+            raise LhConvertError(f"{out} holds a run with {manifest.init['kind']} weights, not "
+                                 f"{recipe.init}; choose a new --out")
         recorded = read_record(out)
         if recorded is not None:
             recipe, data = _merge_resume(recorded, recipe, data, out)
@@ -66,7 +69,7 @@ def extend(*, recipe: Recipe, out: Path, data: DataSpec, echo: Callable[[str], N
     else:
         if env.main:
             convert(model=recipe.model, ctx=ctx, out=out, rope=recipe.rope,
-                    settings=recipe.lighthouse)
+                    settings=recipe.lighthouse, init=recipe.init, seed=recipe.train.seed)
         _barrier(env)
     if env.main:
         _write_record(out, recipe, data)

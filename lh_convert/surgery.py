@@ -20,7 +20,7 @@ from lighthouse_kernels import LighthouseConfig
 from .attention import CONFIG_KEY, LighthouseSettings
 from .checkpoint import atomic_directory, check_output_folder
 from .errors import LhConvertError
-from .manifest import RunManifest
+from .manifest import INITS, RunManifest
 from .rope import DEFAULT_ROPE_METHOD, apply_rope_change, plan_rope_change
 from .sources import load_config, load_model, load_tokenizer, resolve_source
 
@@ -80,6 +80,14 @@ def check_lighthouse_settings(settings: LighthouseSettings, *, ctx: int, num_lay
     raise LhConvertError(f"impossible Lighthouse parameters for --ctx {ctx}: {problem}; {fix}")
 
 
+def random_model(config, *, seed: int, dtype: torch.dtype):
+    """A causal LM of ``config``'s architecture with transformers' own random init, seeded."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+
+
 @dataclass(frozen=True)
 class ConvertResult:
     run_dir: Path
@@ -88,26 +96,36 @@ class ConvertResult:
 
 
 def convert(*, model: str, ctx: int | str, out: Path, rope: str = DEFAULT_ROPE_METHOD,
-            settings: LighthouseSettings = LighthouseSettings(), dtype: str = "auto") -> ConvertResult:
+            settings: LighthouseSettings = LighthouseSettings(), dtype: str = "auto",
+            init: str = "pretrained", seed: int = 0) -> ConvertResult:
     """Convert ``model`` (local folder, ``.gguf``, hub id or alias) into the run folder ``out``.
 
     The folder holds sharded safetensors weights, the tokenizer, a config with the new RoPE,
     ``max_position_embeddings = ctx`` and ``lighthouse`` settings, and ``manifest.json``.
     It appears only when complete; on any error nothing is left behind.
+
+    ``init="random"`` keeps the source's architecture, tokenizer and (changed) config but
+    initialises every weight afresh (transformers' own init, seeded with ``seed``): training
+    from scratch. The source then needs no weights (a folder with config and tokenizer will do).
     """
     started = time.perf_counter()
     ctx = parse_context(ctx)
     if dtype not in DTYPES:
         raise LhConvertError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if init not in INITS:
+        raise LhConvertError(f"unknown --init {init!r}; choose one of {', '.join(INITS)}")
     out = Path(out)
     check_output_folder(out)
-    source = resolve_source(model)
+    source = resolve_source(model, weights=init == "pretrained")
     config = load_config(source)
     check_lighthouse_settings(settings, ctx=ctx, num_layers=config.num_hidden_layers)
     change = plan_rope_change(config, target_context=ctx, method=rope)
     apply_rope_change(config, change)
     setattr(config, CONFIG_KEY, settings.to_dict())
-    network = load_model(source, config=config, dtype=DTYPES[dtype])
+    if init == "random":
+        network = random_model(config, seed=seed, dtype=DTYPES[dtype] or torch.float32)
+    else:
+        network = load_model(source, config=config, dtype=DTYPES[dtype])
     tokenizer = load_tokenizer(source)
     dense = settings.dense_layer_set(config.num_hidden_layers)
     manifest = RunManifest(
@@ -121,6 +139,7 @@ def convert(*, model: str, ctx: int | str, out: Path, rope: str = DEFAULT_ROPE_M
         lighthouse=settings.to_dict(),
         lighthouse_layers=[i for i in range(config.num_hidden_layers) if i not in dense],
         selected_length=settings.kernel.selected_length(ctx),
+        init={"kind": init, "seed": seed} if init == "random" else {"kind": init},
         dtype=str(next(network.parameters()).dtype).removeprefix("torch."),
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )

@@ -202,8 +202,9 @@ def _run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env
         raise LhConvertError(f"recovery needs a finished stage 1 ({train.stage1_steps} steps), "
                              f"but {run_dir} has {done}; run `lh-convert extend` first")
     start = loaded.state.step if loaded is not None else 0
-    if stage == LIGHTHOUSE_STAGE and start >= last_step:
-        echo(f"stage 1 already complete at step {start}; nothing to do")
+    if start >= last_step:
+        name = "stage 1" if stage == LIGHTHOUSE_STAGE else "recovery"
+        echo(f"{name} already complete at step {start}; nothing to do")
         return StageResult(0, start, None, 0.0)
 
     torch.manual_seed(train.seed)

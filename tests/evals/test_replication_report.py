@@ -217,7 +217,7 @@ def test_interrupted_step_lets_the_command_save_before_exiting(tmp_path):
         spec = importlib.util.spec_from_file_location("d", {str(REPORT.with_name('replicate.py'))!r})
         d = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(d)
-        layout = d.Layout(argparse.Namespace(rehearsal=False))
+        layout = d.Layout(argparse.Namespace(rehearsal=False, study=""))
         layout.root = layout.logs = __import__("pathlib").Path({str(tmp_path)!r})
         d.run(layout, "dense", [sys.executable, {str(child)!r}])
     """))

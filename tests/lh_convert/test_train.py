@@ -105,6 +105,9 @@ def test_both_stages_train_and_loss_falls(make_tiny_checkpoint, corpus: Path, tm
     assert (run / "loss.png").stat().st_size > 10_000
     stages = [json.loads(line)["stage"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert "lighthouse" in stages and "dense" in stages
+    said: list[str] = []  # a finished stage returns at once, without loading the model
+    assert recover(run=run, steps=None, echo=said.append, progress=False).steps_run == 0
+    assert said == ["recovery already complete at step 15; nothing to do"]
 
 
 def test_a_dense_baseline_names_its_stage_1_dense(make_tiny_checkpoint, corpus: Path,
