@@ -2,7 +2,7 @@
 
 The data depends on the evaluated model's tokenizer (lengths are counted in its tokens), so
 no file path can be written into a YAML file ahead of time. Each task's `custom_dataset` hook
-therefore builds its rows with `lh_convert.eval_data` from the task metadata (`--metadata` JSON
+therefore builds its rows with `lh_convert.evaluate.builders` from the task metadata (`--metadata` JSON
 merged with `--model_args`, or `TaskManager(metadata=...)`), writes them as JSONL into the data
 folder (`data_dir`, else a folder in the lh-convert cache named by a hash of the options), and
 reads that file back with the `datasets` JSON loader, the same loader `dataset_path: json`
@@ -17,8 +17,8 @@ from typing import Any
 
 import datasets
 
-from lh_convert.errors import LhConvertError
-from lh_convert.eval_data import build_task_data, options_from_metadata, read_meta
+from lh_convert.util.errors import LhConvertError
+from lh_convert.evaluate.builders import build_task_data, options_from_metadata, read_meta
 
 
 def _dataset(task: str, metadata: dict[str, Any]) -> datasets.DatasetDict:

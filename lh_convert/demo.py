@@ -18,13 +18,14 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .data import DataSpec
-from .export import export
-from .recipes import load_recipe
-from .runs import load_run_model
-from .stages import extend, recover
-from .sources import load_config, load_model, load_tokenizer, resolve_source
-from .surgery import convert
+from .convert.run_model import load_run_model
+from .convert.sources import load_config, load_model, load_tokenizer, resolve_source
+from .convert.surgery import convert
+from .export.to_hf import export
+from .train.data import DataSpec
+from .train.recipes import load_recipe
+from .train.stages import extend, recover
+from .util.errors import LhConvertError
 
 PARAGRAPH = ("The history of the lighthouse goes back to the ancient world. The Pharos of "
              "Alexandria, built in the third century BC, guided sailors into the harbour for "
@@ -39,12 +40,10 @@ def text_loss(model: torch.nn.Module, tokenizer, text: str = PARAGRAPH) -> float
     return model(input_ids=ids, labels=ids, use_cache=False).loss.item()
 
 
-def run_demo(*, workdir: Path, model: str, ctx: str, echo: Callable[[str], None],
+def run_demo(*, workdir: Path, model: str, ctx: int, echo: Callable[[str], None],
              recipe: str = "tiny-cpu") -> None:
     workdir = Path(workdir)
     if workdir.exists():
-        from .errors import LhConvertError
-
         raise LhConvertError(f"demo folder {workdir} already exists; pass another --workdir")
     run_dir, export_dir = workdir / "real-run", workdir / "real-exported"
     started = time.perf_counter()

@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 import torch
 
-from .attention import LighthouseSettings, probe
-from .errors import LhConvertError
+from .convert.attention import probe
+from .convert.settings import LighthouseSettings
+from .util.errors import LhConvertError
 
 PACKAGES = ("torch", "triton", "transformers", "safetensors", "huggingface-hub", "click",
             "lm-eval", "gguf", "accelerate")

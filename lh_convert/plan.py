@@ -1,7 +1,9 @@
 """``lh-convert plan``: what a training run would do, without training.
 
-Reads only configs (the model is instantiated on the meta device), so it is instant even for
-large models. Memory and time are estimates from first principles, labelled as such.
+Reads only configs: a hub model's config and tokenizer are fetched without its weights (a GGUF
+file is its own config, so a GGUF source is fetched whole), and the model is instantiated on
+the meta device, so it is instant even for large models. Memory and time are estimates from
+first principles, labelled as such.
 """
 
 from __future__ import annotations
@@ -11,36 +13,23 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import LighthouseSettings
-from .errors import LhConvertError
-from .recipes import Recipe, TrainSettings
-from .rope import plan_rope_change
-from .sources import load_config, resolve_source
-from .surgery import check_lighthouse_settings, parse_context
+from .convert.rope import plan_rope_change
+from .convert.settings import LighthouseSettings
+from .convert.sources import load_config, resolve_source
+from .convert.surgery import check_lighthouse_settings
+from .train.outlook import recovery_note
+from .train.recipes import Recipe
+from .util.errors import LhConvertError
 
 # Sustained bf16 throughput assumed for the time estimate. H200: calibrated on the measured
 # training step of the paper's 367M shape at 64K (docs/benchmarks.md: 1.97 s dense, 0.71 s
 # Lighthouse; this model gives 2.0 s and 0.6 s); the others scaled by their peak.
 ASSUMED_TFLOPS = {"NVIDIA H200": 500.0, "NVIDIA H100": 450.0, "NVIDIA B200": 900.0}
 CPU_TFLOPS = 0.05
-# Below this many recovery steps, `plan` and `extend` say what short recoveries have measured.
-# The paper's loss took 1,000-1,500 dense steps to recover from the switch (SPEC.md section 5).
-SHORT_RECOVERY_STEPS = 1000
-
-
-def recovery_note(train: TrainSettings) -> str | None:
-    """An advisory line for a Lighthouse stage 1 followed by a short recovery."""
-    if train.recovery_steps >= SHORT_RECOVERY_STEPS:
-        return None
-    return (f"recovery has {train.recovery_steps} dense steps; the paper's loss took 1,000-1,500 "
-            f"to recover, and SmolLM2-135M at 64K ended 0.23 nats above dense continued "
-            f"training after 180 Lighthouse + 60 recovery steps, 0.11 after 132 + 108 "
-            f"(docs/results.md): give recovery more steps (`recover --steps`) and compare with "
-            f"a dense run")
 
 
 @dataclass(frozen=True)
-class Plan:
+class RunPlan:
     parameters: int
     rope: str
     ctx: int
@@ -61,11 +50,11 @@ def _device() -> tuple[str, float]:
     return "CPU", CPU_TFLOPS
 
 
-def make_plan(*, recipe: Recipe, world_size: int = 1) -> Plan:
+def plan_run(*, recipe: Recipe, world_size: int = 1) -> RunPlan:
     """Plan ``recipe`` for the device present; constraint failures are listed, not raised."""
     source = resolve_source(recipe.model, weights=False)
     config = load_config(source)
-    ctx = parse_context(recipe.ctx)
+    ctx = recipe.ctx
     problems: list[str] = []
     try:
         rope = plan_rope_change(config, target_context=ctx, method=recipe.rope).describe()
@@ -95,7 +84,7 @@ def make_plan(*, recipe: Recipe, world_size: int = 1) -> Plan:
     micro_tokens = train.micro_batch_size * ctx
     # fp32 weights + grads + two Adam moments, sharded over the ranks; bf16 activations.
     states = parameters * 16 / world_size
-    checkpointed = train.checkpointing_mode != "none"
+    checkpointed = train.activation_checkpointing != "none"
     per_layer_activation = micro_tokens * hidden * 2 * (1 if checkpointed else 34)
     activations = per_layer_activation * layers + micro_tokens * hidden * 2 * 34
     logits = min(train.loss_chunk, ctx) * config.vocab_size * 4 * 3 * train.micro_batch_size
@@ -111,13 +100,13 @@ def make_plan(*, recipe: Recipe, world_size: int = 1) -> Plan:
     dense_flops = matmul + layers * attention(ctx)
     light_flops = matmul + len(dense) * attention(ctx) + len(light) * attention(selected)
     seconds = lambda flops: flops / (tflops * 1e12) / world_size  # noqa: E731
-    return Plan(parameters=parameters, rope=rope, ctx=ctx, selected=selected,
+    return RunPlan(parameters=parameters, rope=rope, ctx=ctx, selected=selected,
                 lighthouse_layers=light, tokens_per_step=tokens, memory_gib=memory,
                 step_seconds_dense=seconds(dense_flops), step_seconds_lighthouse=seconds(light_flops),
                 device=device, problems=problems)
 
 
-def print_plan(plan: Plan, *, recipe: Recipe, echo: Callable[[str], None]) -> None:
+def print_plan(plan: RunPlan, *, recipe: Recipe, echo: Callable[[str], None]) -> None:
     train = recipe.train
     echo(f"recipe        {recipe.name}: {recipe.model} -> {plan.ctx} tokens")
     echo(f"parameters    {plan.parameters / 1e6:.1f}M")
@@ -126,7 +115,7 @@ def print_plan(plan: Plan, *, recipe: Recipe, echo: Callable[[str], None]) -> No
          f"N = {plan.ctx} tokens ({plan.ctx / plan.selected:.1f}x shorter); the other layers dense")
     echo(f"steps         stage 1 {train.stage1_steps} (Lighthouse), recovery {train.recovery_steps} "
          f"(dense), {plan.tokens_per_step:,} tokens per step")
-    mode = train.checkpointing_mode
+    mode = train.activation_checkpointing
     checkpointing = f" with {mode} checkpointing" if mode != "none" else ""
     echo(f"memory        ~{plan.memory_gib:.1f} GiB per device (estimate: weights, grads, AdamW, "
          f"activations{checkpointing}, loss chunk)")

