@@ -250,3 +250,17 @@ def test_shape_errors_are_clear() -> None:
 def test_impossible_parameters_name_the_constraint(kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=rf"{field}=\d+: needs .*\(try {field}=\d+\)"):
         LighthouseConfig(**kwargs)
+
+
+def test_combine_defaults_to_sum_and_is_serialised() -> None:
+    assert LighthouseConfig().combine == "sum"
+    assert LighthouseConfig(combine="finest").to_dict()["combine"] == "finest"
+
+
+@pytest.mark.parametrize("combine", ["avg", "Mean", "", None])
+def test_unknown_combine_rule_is_refused_in_one_line(combine: object) -> None:
+    with pytest.raises(ValueError) as error:
+        LighthouseConfig(combine=combine)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"combine={combine!r}: needs one of")
+    assert all(f"'{rule}'" in message for rule in ("sum", "mean", "finest"))
