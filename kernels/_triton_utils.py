@@ -83,11 +83,15 @@ def check_inputs(op: str, tensor: torch.Tensor, index: torch.Tensor, *, n: int, 
                          f"multiple of pooling**(levels-1)")
 
 
-def new_output(shape: tuple[int, ...], *, like: torch.Tensor) -> torch.Tensor:
-    """An uninitialised kernel output (NaN-filled when ``POISON_OUTPUTS`` is set)."""
-    out = torch.empty(shape, dtype=like.dtype, device=like.device)
+def new_output(shape: tuple[int, ...], *, like: torch.Tensor,
+               dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An uninitialised kernel output on ``like``'s device, in ``dtype`` (default ``like``'s).
+
+    When ``POISON_OUTPUTS`` is set it starts as NaN, or as -1 for integer outputs.
+    """
+    out = torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
     if POISON_OUTPUTS:
-        out.fill_(float("nan"))
+        out.fill_(float("nan") if out.is_floating_point() else -1)
     return out
 
 

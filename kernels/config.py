@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+# How scatter-back combines the outputs of the entries that reach one base position (SPEC §7).
+COMBINE_RULES = ("sum", "mean", "finest")
+
 
 @dataclass(frozen=True)
 class LighthouseConfig:
@@ -15,6 +18,10 @@ class LighthouseConfig:
     tile: tile size ``m``, a power of two with ``m/2 >= p``.
     force_first_window: the project rule "no uncovered prefix" (SPEC §2); switch it off only
         to reproduce the published implementation.
+    combine: how scatter-back combines the up to ``L`` entries that reach one base position
+        (SPEC §7): ``"sum"`` (SPEC §1.6, the paper's rule), ``"mean"`` (the sum divided by the
+        number of contributing entries) or ``"finest"`` (the output of the contributing entry
+        of the lowest level only).
     """
 
     levels: int = 3
@@ -22,6 +29,7 @@ class LighthouseConfig:
     topk: int = 2048
     tile: int = 128
     force_first_window: bool = True
+    combine: str = "sum"
 
     def __post_init__(self) -> None:
         problem = self.parameter_problem()
@@ -41,6 +49,9 @@ class LighthouseConfig:
         if self.topk < self.tile or self.topk % self.tile:
             nearest = max(self.tile, round(self.topk / self.tile) * self.tile)
             return f"topk={self.topk}: needs a multiple of tile={self.tile} (try topk={nearest})"
+        if self.combine not in COMBINE_RULES:
+            allowed = ", ".join(repr(rule) for rule in COMBINE_RULES)
+            return f"combine={self.combine!r}: needs one of {allowed} (try combine='sum')"
         return None
 
     @property

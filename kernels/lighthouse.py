@@ -53,7 +53,10 @@ def select_indices(query: torch.Tensor, key: torch.Tensor, *,
 def attend_selected(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     index: torch.Tensor, *, config: LighthouseConfig,
                     scale: float | None = None) -> torch.Tensor:
-    """Gather ``index`` from the pyramids, run causal SDPA on them, scatter back: ``[B, H, N, D]``."""
+    """Gather ``index`` from the pyramids, run causal SDPA on them, scatter back: ``[B, H, N, D]``.
+
+    The scatter-back combines the entries that reach a position by ``config.combine`` (SPEC §7).
+    """
     gathered_q = gather_pool(query, index, config=config)
     gathered_k = gather_pool(key, index, config=config)
     gathered_v = gather_pool(value, index, config=config)
@@ -81,6 +84,7 @@ def lighthouse_attention_ref(query: torch.Tensor, key: torch.Tensor, value: torc
 
     query: ``[B, H, N, D]``; key, value: ``[B, G, N, D]`` with ``H = g*G``.
     Returns ``[B, H, N, D]``. ``N`` must satisfy ``config.length_problem(N) is None``.
+    ``config.combine`` picks the scatter-back rule (SPEC §7).
     """
     with torch.no_grad():
         score_qk, score_kq = scores_ref(query, key, levels=config.levels, pooling=config.pooling)
@@ -96,7 +100,8 @@ def lighthouse_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
     """Lighthouse attention, or dense causal SDPA where SPEC §4 requires it.
 
     query: ``[B, H, N, D]``; key, value: ``[B, G, N, D]`` with ``H`` a multiple of ``G``.
-    Returns ``[B, H, N, D]`` in ``query.dtype``.
+    Returns ``[B, H, N, D]`` in ``query.dtype``. ``config.combine`` picks the scatter-back
+    rule (SPEC §7); the dense fallback ignores it.
     """
     if query.dim() != 4 or key.shape != value.shape or query.shape[0] != key.shape[0] \
             or query.shape[3] != key.shape[3] or query.shape[1] % key.shape[1]:

@@ -5,14 +5,16 @@ interpreter (the root conftest sets TRITON_INTERPRET there)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lighthouse_kernels import LighthouseConfig, lighthouse_attention
 from lighthouse_kernels._triton_utils import use_triton
 
 
-def test_fullgraph_compile_matches_eager() -> None:
-    config = LighthouseConfig(levels=2, pooling=2, topk=8, tile=4)
+@pytest.mark.parametrize("combine", ["sum", "mean"])
+def test_fullgraph_compile_matches_eager(combine: str) -> None:
+    config = LighthouseConfig(levels=2, pooling=2, topk=8, tile=4, combine=combine)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gen = torch.Generator(device=device).manual_seed(0)
     inputs = [torch.randn(1, heads, 64, 16, generator=gen, device=device, requires_grad=True)

@@ -1,20 +1,24 @@
 """Two runs on the same input give bit-identical outputs and gradients (BENCH.md).
 
 Lighthouse's own kernels (scores, selection, gather, scatter-back) use no float atomics, so
-the output, dK and dV are always bit-identical. dQ goes through stock SDPA's backward, which
-accumulates it with atomics unless ``torch.use_deterministic_algorithms(True)`` is on; with
-it on, dQ is bit-identical too, and that is what this test checks. On a GPU it runs at a
-length where SDPA's backward really splits the work (the H200 run is recorded in
-docs/benchmarks.md); on the CPU it runs the Triton kernels under the interpreter.
+the output, dK and dV are always bit-identical, under every scatter-back combination rule
+(SPEC §7). dQ goes through stock SDPA's backward, which accumulates it with atomics unless
+``torch.use_deterministic_algorithms(True)`` is on; with it on, dQ is bit-identical too, and
+that is what this test checks. On a GPU it runs at a length where SDPA's backward really
+splits the work (the H200 run is recorded in docs/benchmarks.md); on the CPU it runs the
+Triton kernels under the interpreter.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 
 from lighthouse_kernels import LighthouseConfig, lighthouse_attention
 from lighthouse_kernels._triton_utils import use_triton
+from lighthouse_kernels.config import COMBINE_RULES
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # (N, heads, kv_heads, dim, dtype, config)
@@ -33,9 +37,11 @@ def _run(q, k, v, grad, config):
     return [out] + [t.grad for t in inputs]
 
 
+@pytest.mark.parametrize("combine", COMBINE_RULES)
 @pytest.mark.parametrize("n, heads, kv_heads, dim, dtype, config", CASES,
                          ids=[f"n{c[0]}-h{c[1]}-g{c[2]}-d{c[3]}-{str(c[4])[6:]}" for c in CASES])
-def test_two_runs_are_bit_identical(n, heads, kv_heads, dim, dtype, config) -> None:
+def test_two_runs_are_bit_identical(n, heads, kv_heads, dim, dtype, config, combine) -> None:
+    config = dataclasses.replace(config, combine=combine)
     gen = torch.Generator(device=DEVICE).manual_seed(n)
     q, grad = (torch.randn(1, heads, n, dim, generator=gen, device=DEVICE).to(dtype) for _ in range(2))
     k, v = (torch.randn(1, kv_heads, n, dim, generator=gen, device=DEVICE).to(dtype) for _ in range(2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from fractions import Fraction
 
 import pytest
@@ -17,6 +18,7 @@ from lighthouse_kernels import (
     lighthouse_attention_ref,
     select_indices,
 )
+from lighthouse_kernels.scatter import contributions_ref
 
 # (N, L, p, k, m): every knob, several tile counts, odd tile contents.
 CONFIGS = {
@@ -250,3 +252,42 @@ def test_shape_errors_are_clear() -> None:
 def test_impossible_parameters_name_the_constraint(kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=rf"{field}=\d+: needs .*\(try {field}=\d+\)"):
         LighthouseConfig(**kwargs)
+
+
+def test_combine_defaults_to_sum_and_is_serialised() -> None:
+    assert LighthouseConfig().combine == "sum"
+    assert LighthouseConfig(combine="finest").to_dict()["combine"] == "finest"
+
+
+@pytest.mark.parametrize("combine", ["avg", "Mean", "", None])
+def test_unknown_combine_rule_is_refused_in_one_line(combine: object) -> None:
+    with pytest.raises(ValueError) as error:
+        LighthouseConfig(combine=combine)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"combine={combine!r}: needs one of")
+    assert all(f"'{rule}'" in message for rule in ("sum", "mean", "finest"))
+
+
+@pytest.mark.parametrize("combine", ["mean", "finest"])
+def test_combine_rule_end_to_end_kernels_match_reference(combine: str) -> None:
+    """The rule travels from the config through lighthouse_attention and attend_selected."""
+    n, summed = _config("N512-L3-p4-k32-m16")
+    config = dataclasses.replace(summed, combine=combine)
+    inputs = [t.requires_grad_() for t in _qkv(n, 6, 2)]
+    outputs, grads = [], []
+    for attention in (lighthouse_attention, lighthouse_attention_ref):
+        out = attention(*inputs, config=config)
+        outputs.append(out)
+        grads.append(torch.autograd.grad(out.square().sum(), inputs))
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-6, rtol=1e-5)
+    for kernel_grad, ref_grad in zip(*grads):
+        torch.testing.assert_close(kernel_grad, ref_grad, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        index = select_indices(*inputs[:2], config=config)
+        total = attend_selected(*inputs, index, config=summed)
+        combined = attend_selected(*inputs, index, config=config)
+    assert torch.allclose(combined, outputs[1], atol=1e-6)
+    if combine == "mean":
+        count = contributions_ref(index, n=n, config=config).sum(dim=2).repeat_interleave(3, 1)
+        assert torch.allclose(combined * count.unsqueeze(-1), total, atol=1e-5)
+    assert not torch.allclose(combined, total)
