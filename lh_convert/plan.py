@@ -121,7 +121,7 @@ def print_plan(plan: RunPlan, *, recipe: Recipe, echo: Callable[[str], None]) ->
          f"activations{checkpointing}, loss chunk)")
     echo(f"time/step     ~{plan.step_seconds_lighthouse:.2f}s Lighthouse, "
          f"~{plan.step_seconds_dense:.2f}s dense on {plan.device} (estimate from FLOPs)")
-    note = recovery_note(train) if plan.lighthouse_layers else None
+    note = recovery_note(recipe) if plan.lighthouse_layers else None
     if note:
         echo(f"NOTE          {note}")
     for problem in plan.problems:

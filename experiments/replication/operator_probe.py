@@ -6,9 +6,10 @@ on held-out windows of a token folder, for the run's Lighthouse settings and for
 outside the specification, to tell the team where the gap comes from:
 
   dense       dense SDPA in every layer (the model as pre-trained)
-  lighthouse  SPEC.md as implemented: every position adds the outputs of up to L entries
-  mean        the same selection and attention, each position's sum divided by its number of
-              contributing entries (NOT the specification: a probe of the scatter-back's sum)
+  lighthouse  SPEC §1.6 (combine "sum"): every position adds the outputs of up to L entries
+  mean        SPEC §7's "mean": the same selection and attention, each position's sum divided
+              by its number of contributing entries
+  finest      SPEC §7's "finest": each position takes its finest contributing entry only
 
 On the CPU (without TRITON_INTERPRET) every piece runs its PyTorch reference, the golden-checked
 one, in float32:
@@ -21,6 +22,7 @@ one, in float32:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -30,25 +32,23 @@ import torch
 
 import lh_convert.convert.attention as attention
 from lh_convert.convert.run_model import load_run_model
-from lighthouse_kernels.lighthouse import (attend_selected, dense_causal_attention,
-                                           lighthouse_attention_ref, select_indices)
-from lighthouse_kernels.scatter import scatter_back_ref
-
-
-def mean_of_contributors(query, key, value, *, config, scale=None):
-    """Lighthouse with each position's summed output divided by how many entries fed it."""
-    index = select_indices(query, key, config=config)
-    total = attend_selected(query, key, value, index, config=config, scale=scale)
-    ones = query.new_ones(*index.shape[:2], index.shape[2], 1)
-    count = scatter_back_ref(ones, index, n=query.shape[2], config=config)
-    return total / count.repeat_interleave(query.shape[1] // key.shape[1], dim=1).clamp_min(1)
+from lighthouse_kernels.lighthouse import dense_causal_attention, lighthouse_attention_ref
 
 
 def dense(query, key, value, *, config, scale=None):
     return dense_causal_attention(query, key, value, scale=scale)
 
 
-VARIANTS = {"dense": dense, "lighthouse": lighthouse_attention_ref, "mean": mean_of_contributors}
+def with_rule(combine: str):
+    """The operator's reference with the run's settings but scatter-back rule ``combine``."""
+    def operator(query, key, value, *, config, scale=None):
+        return lighthouse_attention_ref(query, key, value, scale=scale,
+                                        config=dataclasses.replace(config, combine=combine))
+    return operator
+
+
+VARIANTS = {"dense": dense, "lighthouse": with_rule("sum"), "mean": with_rule("mean"),
+            "finest": with_rule("finest")}
 
 
 def main() -> None:

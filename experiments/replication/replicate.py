@@ -280,6 +280,11 @@ def step_arm(layout: Layout, args: argparse.Namespace, arm: str, *, seed: int | 
     """extend (stage 1) then recover (the rest), on the arm's recipe; resumes a partial run."""
     recipe = write_recipe(layout, args, arm, args.seed if seed is None else seed)
     out = layout.runs / arm
+    if args.must_resume and not (out / "checkpoints").is_dir():
+        # Seen 2026-12-02: a call found neither .rep/<study> nor /tmp's copy of it, and the
+        # arms started again from step 0, spending the session's device time twice.
+        sys.exit(f"{arm}: --must-resume, but {out} has no checkpoint to resume from (the "
+                 f"earlier call's state is gone); not starting the arm again from step 0")
     run(layout, arm, cli("extend", "--recipe", str(recipe), "--out", str(out),
                          "--data", str(layout.corpus)))
     run(layout, arm, cli("recover", "--run", str(out)))
@@ -364,8 +369,13 @@ def step_pack(layout: Layout, args: argparse.Namespace) -> None:
 def step_report(layout: Layout, args: argparse.Namespace) -> None:
     from report import write_report  # experiments/replication/report.py
 
+    from lh_convert.util.units import parse_context
+
     archives = args.archive or [layout.root / f"{args.study or 'replication'}.tar.gz"]
-    write_report(archives=archives, out=Path(args.out), stage1=budget(args)[0])
+    study = {"study": Path(args.out).name, "model": "SmolLM2-135M", "init": args.init,
+             "context": parse_context(args.ctx), "note": args.note}
+    write_report(archives=archives, out=Path(args.out), stage1=budget(args)[0],
+                 summary=Path(args.summary) if args.summary else None, study=study)
 
 
 def step_save(layout: Layout, args: argparse.Namespace) -> None:
@@ -381,9 +391,12 @@ def step_save(layout: Layout, args: argparse.Namespace) -> None:
 
 def step_restore(layout: Layout, args: argparse.Namespace) -> None:
     """Put back what `save` kept and .rep lacks (what a call carried stays as carried)."""
+    found = sorted(p.name for p in REP.iterdir()) if REP.is_dir() else []
+    print(f"restore: {REP} holds {found or 'nothing'} at the call's start")
     if not KEEP.is_dir():
         print(f"restore: nothing kept in {KEEP} yet")
         return
+    print(f"restore: {KEEP} holds {sorted(p.name for p in KEEP.iterdir())}")
     REP.mkdir(exist_ok=True)
     for entry in sorted(KEEP.iterdir()):
         target = REP / entry.name
@@ -415,6 +428,9 @@ def main() -> None:
     parser.add_argument("--init", choices=("pretrained", "random"), default="pretrained",
                         help="random: SmolLM2's architecture and tokenizer with fresh weights "
                              "(the from-scratch control; needs only .rep/c, no GGUF)")
+    parser.add_argument("--must-resume", action="store_true",
+                        help="arm steps: refuse to start an arm from step 0 (a later device "
+                             "call that expects the earlier call's checkpoint)")
     parser.add_argument("--rehearsal", action="store_true",
                         help="CPU scale: 512 context, 2 steps, small eval, under .rep/rehearsal")
     parser.add_argument("--steps", type=int, default=None,
@@ -449,6 +465,10 @@ def main() -> None:
                              "calls that did not share .rep, in the order they ran; "
                              "PATH#ARM,ARM takes only those arms' records from it")
     parser.add_argument("--out", default="docs/replication", help="report: folder for the plots")
+    parser.add_argument("--summary", default=None,
+                        help="report: also put the study's entry into this JSON list "
+                             "(docs/conversion/summary.json)")
+    parser.add_argument("--note", default="", help="report: a line saying what the study is")
     args = parser.parse_args()
     sys.path[:0] = [str(REPO), str(REP / "site")]
     small = args.rehearsal

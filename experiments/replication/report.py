@@ -67,15 +67,18 @@ def _arm_numbers(metrics: list[dict], stage1: int) -> dict:
     return numbers
 
 
-def _loss_by_time(metrics: list[dict], arm: str) -> list[tuple[float, float]]:
+def _loss_by_time(metrics: list[dict], arm: str, *, stage1: bool = False
+                  ) -> list[tuple[float, float]]:
     """(seconds of training steps so far, validation loss) at each validation with dense
-    attention: every one of a dense arm, the lighthouse arm's from the switch on."""
+    attention: every one of a dense arm, the lighthouse arm's from the switch on. With
+    ``stage1``, the lighthouse arm's stage-1 validations instead (its own attention)."""
     seconds, elapsed, points = 0.0, {0: 0.0}, []
     for r in metrics:
         if r["kind"] == "train":
             seconds += r["step_s"]
             elapsed[r["step"]] = seconds
-        elif arm != "lighthouse" or r["stage"] == "dense":
+        elif (r["stage"] == "lighthouse") if stage1 else (arm != "lighthouse" or
+                                                          r["stage"] == "dense"):
             points.append((elapsed.get(r["step"], seconds), r["val_loss"]))
     return points
 
@@ -133,8 +136,12 @@ def _plot(metrics: dict[str, list[dict]], out: Path, stage1: int,
         points = _loss_by_time(metrics[arm], arm)
         if points:
             ax.plot(*zip(*points), "o-", ms=3, label=arm, color=COLOURS[arm])
+    stage1 = _loss_by_time(metrics["lighthouse"], "lighthouse", stage1=True)
+    if stage1:
+        ax.plot(*zip(*stage1), "x--", ms=3, alpha=0.5, color=COLOURS["lighthouse"],
+                label="lighthouse, stage 1 (validated with Lighthouse attention)")
     ax.set(xlabel="training-step time (s; conversion, loading and validation left out)",
-           ylabel="validation loss, dense attention",
+           ylabel="validation loss (dense attention unless marked)",
            title="quality against time: where each arm is after the same seconds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -207,9 +214,12 @@ def merge_archives(archives: list[Path | str], root: Path) -> None:
         shutil.rmtree(part)
 
 
-def write_report(*, archives: list[Path | str], out: Path, stage1: int) -> None:
+def write_report(*, archives: list[Path | str], out: Path, stage1: int,
+                 summary: Path | None = None, study: dict | None = None) -> None:
     """Merge `archives`, write the plots and section.md into `out`. `stage1`: the stage-1
-    steps of the budget, where the lighthouse arm's recorded recipe does not say."""
+    steps of the budget, where the lighthouse arm's recorded recipe does not say. With
+    `summary`, also put this study's entry (`study_summary`, `study` naming it) into that
+    JSON list, replacing an entry of the same name."""
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch) / "merged"
@@ -229,8 +239,56 @@ def write_report(*, archives: list[Path | str], out: Path, stage1: int) -> None:
                 plots.append(f"{model}-{png.name}")
         lines = _markdown(root, metrics, stage1=stage1, tokens_per_step=tokens_per_step,
                           plots=plots, out=out)
+        timings = read_jsonl(root / "timings.jsonl")
     (out / "section.md").write_text("\n".join(lines) + "\n")
+    if summary is not None:
+        entry = {**(study or {}), **study_summary(metrics, timings,
+                                                   tokens_per_step=tokens_per_step)}
+        known = json.loads(summary.read_text()) if summary.is_file() else []
+        known = [e for e in known if e.get("study") != entry.get("study")] + [entry]
+        summary.parent.mkdir(parents=True, exist_ok=True)
+        summary.write_text(json.dumps(known, indent=1) + "\n")
+        print(f"report: {summary} holds {len(known)} studies")
     print(f"report: {out / 'section.md'} and {len(plots)} plots in {out}")
+
+
+def _interpolate(points: list[tuple[float, float]], at: float) -> float | None:
+    """A curve of `_loss_by_time` read at `at` seconds, linear between validations (None
+    outside the measured span)."""
+    for (t0, l0), (t1, l1) in zip(points, points[1:]):
+        if t0 <= at <= t1:
+            return l0 + (l1 - l0) * (at - t0) / (t1 - t0) if t1 > t0 else l1
+    return None
+
+
+def study_summary(metrics: dict[str, list[dict]], timings: list[dict], *,
+                  tokens_per_step: int | None) -> dict:
+    """A study's arms as docs/conversion/summary.json records them: wall time (the arm's
+    commands, loading and validation included), training-step seconds, the final validation
+    loss with dense attention, and for a Lighthouse arm the dense arm's validation loss at
+    the same training-step seconds (its curve interpolated: `dense_val_loss_at_same_wall_s`)."""
+    arms, steps = {}, 0
+    dense_curve = _loss_by_time(metrics["dense"], "dense")
+    for arm in (*ARMS, REPEAT):
+        train = [r for r in metrics[arm] if r["kind"] == "train"]
+        if not train:
+            continue
+        curve = _loss_by_time(metrics[arm], arm)
+        steps_s = sum(r["step_s"] for r in train)
+        steps = max(steps, train[-1]["step"])
+        record = {"wall_s": round(sum(t["seconds"] for t in timings if t["step"] == arm), 1),
+                  "steps_s": round(steps_s, 1), "steps": train[-1]["step"],
+                  "val_loss": curve[-1][1] if curve else None}
+        if arm == "lighthouse":
+            record["dense_val_loss_at_same_wall_s"] = _interpolate(dense_curve, steps_s)
+            stage1 = _loss_by_time(metrics[arm], arm, stage1=True)
+            record["stage1_val_loss"] = stage1[-1][1] if stage1 else None
+        arms[arm] = record
+    spread = None
+    if arms.get(REPEAT, {}).get("val_loss") is not None and arms.get("dense", {}).get("val_loss"):
+        spread = abs(arms[REPEAT]["val_loss"] - arms["dense"]["val_loss"])
+    return {"steps": steps, "tokens_per_arm": steps * tokens_per_step if tokens_per_step else None,
+            "spread": spread, "arms": arms}
 
 
 def _paired_gaps(metrics: dict[str, list[dict]], arms: list[str], stage1: int) -> list[str]:

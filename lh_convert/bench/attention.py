@@ -29,6 +29,7 @@ from ..util.figures import pyplot, save_figure
 class BenchRow:
     n: int
     topk: int
+    combine: str
     selected: int
     dense_fwd_ms: float
     dense_fwdbwd_ms: float
@@ -135,7 +136,8 @@ def bench_length(*, n: int, config: LighthouseConfig, heads: int = 8, dim: int =
     base = torch.cuda.memory_allocated()
     light_fb = _median_ms(_fwd_bwd(light, q, k, v, grad))
     peak = (torch.cuda.max_memory_allocated() - base) / 2**30
-    return BenchRow(n=n, topk=config.topk, selected=selected, dense_fwd_ms=dense_fwd,
+    return BenchRow(n=n, topk=config.topk, combine=config.combine, selected=selected,
+                    dense_fwd_ms=dense_fwd,
                     dense_fwdbwd_ms=dense_fb, lighthouse_fwd_ms=light_fwd,
                     lighthouse_fwdbwd_ms=light_fb, floor_fwdbwd_ms=floor_fb,
                     lighthouse_peak_gib=peak, max_abs_err=err, dq_deterministic=dq_deterministic)
@@ -177,8 +179,12 @@ def plot(rows: list[BenchRow], path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     fixed = sorted({r.topk for r in rows if sum(o.topk == r.topk for o in rows) > 1})
-    series = [(f"k={topk}", [r for r in rows if r.topk == topk]) for topk in fixed]
-    series.append(("k=N/64", [r for r in rows if r.topk == r.n // 64]))
+    series = []
+    for combine in dict.fromkeys(r.combine for r in rows):
+        rule = "" if combine == "sum" else f", {combine}"
+        mine = [r for r in rows if r.combine == combine]
+        series += [(f"k={topk}{rule}", [r for r in mine if r.topk == topk]) for topk in fixed]
+        series.append((f"k=N/64{rule}", [r for r in mine if r.topk == r.n // 64]))
     for label, sub in series:
         if not sub:
             continue
@@ -196,8 +202,10 @@ def plot(rows: list[BenchRow], path: Path) -> None:
 
 def run_benchmark(*, lengths: list[int], topks: list[int | str], out_dir: Path,
                   echo: Callable[[str], None], levels: int = 3, pooling: int = 4,
-                  breakdown: bool = True, deterministic: bool = False) -> list[BenchRow]:
-    """Run BENCH.md's protocol; ``topks`` entries are ints or ``"n/64"`` (the paper's setting).
+                  breakdown: bool = True, deterministic: bool = False,
+                  combines: tuple[str, ...] = ("sum",)) -> list[BenchRow]:
+    """Run BENCH.md's protocol; ``topks`` entries are ints or ``"n/64"`` (the paper's setting),
+    each under every scatter-back rule of ``combines`` (SPEC §7; side by side in one run).
 
     ``deterministic`` runs everything under ``torch.use_deterministic_algorithms(True)``, where
     SDPA's backward is deterministic too, and then requires a bit-identical dQ.
@@ -205,26 +213,27 @@ def run_benchmark(*, lengths: list[int], topks: list[int | str], out_dir: Path,
     if not torch.cuda.is_available():
         raise LhConvertError("the attention benchmark needs a CUDA GPU; run it on a GPU machine")
     rows, breakdowns = [], []
-    echo(f"{'N':>8} {'k':>6} {'S':>7} {'dense f':>9} {'dense fb':>9} {'LH f':>8} {'LH fb':>8} "
+    echo(f"{'N':>8} {'k':>6} {'rule':>6} {'S':>7} {'dense f':>9} {'dense fb':>9} {'LH f':>8} {'LH fb':>8} "
          f"{'floor fb':>9} {'speedup':>8} {'floor x':>8} {'peak GiB':>9} {'err':>8}")
     for n in lengths:
-        for k in dict.fromkeys(n // 64 if topk == "n/64" else int(topk) for topk in topks):
-            config = LighthouseConfig(levels=levels, pooling=pooling, topk=k)
+        for k, combine in ((k, c) for k in dict.fromkeys(
+                n // 64 if topk == "n/64" else int(topk) for topk in topks) for c in combines):
+            config = LighthouseConfig(levels=levels, pooling=pooling, topk=k, combine=combine)
             problem = config.length_problem(n)
             if problem is not None:
-                echo(f"{n:>8} {k:>6} skipped: {problem}")
+                echo(f"{n:>8} {k:>6} {combine:>6} skipped: {problem}")
                 continue
             with deterministic_algorithms(deterministic):
                 row = bench_length(n=n, config=config)
             rows.append(row)
-            echo(f"{n:>8} {k:>6} {row.selected:>7} {row.dense_fwd_ms:>9.2f} {row.dense_fwdbwd_ms:>9.2f} "
+            echo(f"{n:>8} {k:>6} {combine:>6} {row.selected:>7} {row.dense_fwd_ms:>9.2f} {row.dense_fwdbwd_ms:>9.2f} "
                  f"{row.lighthouse_fwd_ms:>8.2f} {row.lighthouse_fwdbwd_ms:>8.2f} "
                  f"{row.floor_fwdbwd_ms:>9.2f} {row.speedup:>7.1f}x {row.floor_speedup:>7.1f}x "
                  f"{row.lighthouse_peak_gib:>9.2f} {row.max_abs_err:>8.1e}")
             if breakdown:
                 with deterministic_algorithms(deterministic):
                     stages = stage_breakdown(n=n, config=config)
-                breakdowns.append({"n": n, "topk": k, **stages})
+                breakdowns.append({"n": n, "topk": k, "combine": combine, **stages})
                 echo("         stages: " + ", ".join(f"{name} {ms:.2f}" for name, ms in stages.items()))
             torch.cuda.empty_cache()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -66,6 +66,9 @@ def lighthouse_options(function):
         click.option("--tile", default=128, help="Selection tile size m (a power of two, m/2 >= p)."),
         click.option("--dense-layers", type=LAYERS, default="0,1,-2,-1",
                      help="Layers that stay dense SDPA (negative counts from the end)."),
+        click.option("--combine", type=click.Choice(["sum", "mean", "finest"]), default="sum",
+                     help="Scatter-back rule (SPEC §7): sum (the paper's), mean of the "
+                          "contributing entries, or the finest one only."),
     ]):
         function = option(function)
     return function

@@ -29,13 +29,14 @@ from .params import TOKEN_LIST, TOKENS
 @click.option("--seed", default=0, help="Seed of the random init (with --init random).")
 @lighthouse_options
 def convert(model: str, ctx: int, out: Path, rope: str, dtype: str, init: str | None, seed: int,
-            levels: int, pooling: int, topk: int, tile: int, dense_layers: tuple[int, ...]) -> None:
+            levels: int, pooling: int, topk: int, tile: int, dense_layers: tuple[int, ...],
+            combine: str) -> None:
     """Convert a checkpoint into a Lighthouse run folder (RoPE + context + settings)."""
     from ..convert.settings import LighthouseSettings
     from ..convert.surgery import convert as convert_model
 
     settings = LighthouseSettings(levels=levels, pooling=pooling, topk=topk, tile=tile,
-                                  dense_layers=dense_layers)
+                                  dense_layers=dense_layers, combine=combine)
     result = convert_model(model=model, ctx=ctx, out=out, rope=rope, settings=settings, dtype=dtype,
                            init=init or "pretrained", seed=seed)
     manifest = result.manifest

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..util.errors import LhConvertError
 from .group import main
 from .params import TOKEN_LIST, TOKENS
 
@@ -59,15 +60,21 @@ def bench() -> None:
 @click.option("--pooling", default=4, show_default=True, help="Pooling factor p.")
 @click.option("--deterministic", is_flag=True,
               help="Run under torch.use_deterministic_algorithms(True) (bit-identical dQ too).")
+@click.option("--combine", default="sum",
+              help="Scatter-back rules to time side by side: sum, mean, finest (comma-separated).")
 def bench_attention(lengths: tuple[int, ...], topk: str, out: Path, levels: int, pooling: int,
-                    deterministic: bool) -> None:
+                    deterministic: bool, combine: str) -> None:
     """One layer, B=1, H=8, D=128, bf16: Lighthouse vs dense causal SDPA, fwd and fwd+bwd."""
     from ..bench.attention import run_benchmark
 
     topks = [t.strip() if t.strip() == "n/64" else int(t) for t in topk.split(",")]
-    run_benchmark(lengths=list(lengths), topks=topks,
-                  out_dir=out, echo=click.echo, levels=levels, pooling=pooling,
-                  deterministic=deterministic)
+    combines = tuple(rule.strip() for rule in combine.split(",") if rule.strip())
+    unknown = [rule for rule in combines if rule not in ("sum", "mean", "finest")]
+    if unknown or not combines:
+        raise LhConvertError(f"--combine {combine!r}: choose from sum, mean, finest "
+                             f"(comma-separated)")
+    run_benchmark(lengths=list(lengths), topks=topks, out_dir=out, echo=click.echo, levels=levels,
+                  pooling=pooling, deterministic=deterministic, combines=combines)
 
 
 @bench.command("train", epilog="Example: lh-convert bench train --lengths 32k,64k,128k\n\n"

@@ -114,6 +114,17 @@ def _layer_plan(module: torch.nn.Module) -> tuple[bool, LighthouseConfig]:
     return plan
 
 
+def set_lighthouse_settings(model: torch.nn.Module, settings: LighthouseSettings) -> None:
+    """Change a loaded model's Lighthouse settings (a training schedule that sparsifies step by
+    step): the config, and every layer's remembered plan, so compiled layers see the change
+    (their guards on the plan recompile them once per distinct setting)."""
+    setattr(model.config, CONFIG_KEY, settings.to_dict())
+    for module in model.modules():
+        if _PLAN in module.__dict__:
+            del module.__dict__[_PLAN]
+            _layer_plan(module)
+
+
 def _count(module: torch.nn.Module, path: str) -> None:
     # Compiled code skips the count: a Python side effect keyed by the layer index would make
     # every layer compile separately. The probe runs eagerly, before any compilation.

@@ -86,7 +86,8 @@ def chunk_config(config: LighthouseConfig, *, cp: int, chunk: int) -> Lighthouse
     the sequence's first chunk forces its first window (SPEC §2's rule is about position 0)."""
     return LighthouseConfig(levels=config.levels, pooling=config.pooling,
                             topk=config.topk // (2 * cp), tile=config.tile,
-                            force_first_window=config.force_first_window and chunk == 0)
+                            force_first_window=config.force_first_window and chunk == 0,
+                            combine=config.combine)
 
 
 def check_context_parallel(*, world: int, cp: int, seq_len: int,
@@ -103,6 +104,11 @@ def check_context_parallel(*, world: int, cp: int, seq_len: int,
                              f"equal load-balanced chunks; use a length that is a multiple of {2 * cp}")
     if lighthouse is None:
         return
+    if lighthouse.combine != "sum":
+        # A chunk's spilled outputs are added to the next chunk's first positions; a mean or
+        # the finest contributor would need the other chunk's counts too.
+        raise LhConvertError(f"combine = {lighthouse.combine!r} does not run under context "
+                             f"parallelism yet; use combine = \"sum\" with --cp, or one process")
     problem = lighthouse.length_problem(seq_len)
     if problem is not None:
         raise LhConvertError(f"Lighthouse cannot run at this length ({problem}); under context "

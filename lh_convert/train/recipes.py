@@ -25,6 +25,8 @@ from ..util.units import parse_context
 Schedule = Literal["cosine", "linear", "constant"]
 Precision = Literal["bf16", "fp32"]
 CheckpointingMode = Literal["selective", "full", "none"]
+RecoverySchedule = Literal["continue", "rewarm"]
+SparsifyLayers = Literal["none", "deepest-first", "shallowest-first"]
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 CHECKPOINTING_MODES: tuple[str, ...] = get_args(CheckpointingMode)
@@ -50,6 +52,14 @@ class TrainSettings:
     ``train/activation_checkpointing.py``. ``deterministic``: ``torch.use_deterministic_algorithms``
     for the run, so SDPA's backward is deterministic too (slower: about 1.7x per SDPA backward
     on an H200; docs/benchmarks.md).
+
+    Levers for converting checkpoints pre-trained dense (issue #18; ``train/schedule.py``):
+    ``recovery_schedule``: ``"continue"`` (one schedule over both stages, recovery near its
+    floor) or ``"rewarm"`` (stage 1 decays over its own steps; recovery warms up again over
+    ``recovery_warmup_steps`` to ``lr * recovery_peak`` and decays over its steps).
+    ``sparsify_steps``: over stage 1's first N steps, start closer to dense and reach the
+    recipe's Lighthouse settings: from ``sparsify_from_topk`` (0: the recipe's top-k) and/or
+    with the Lighthouse layers switched on a few at a time (``sparsify_layers``).
     """
 
     micro_batch_size: int = 1
@@ -75,6 +85,12 @@ class TrainSettings:
     seed: int = 0
     cp: int = 1
     deterministic: bool = False
+    recovery_schedule: RecoverySchedule = "continue"
+    recovery_warmup_steps: int = 0
+    recovery_peak: float = 1.0
+    sparsify_steps: int = 0
+    sparsify_from_topk: int = 0
+    sparsify_layers: SparsifyLayers = "none"
 
     @property
     def recovery_steps(self) -> int:
@@ -97,10 +113,26 @@ class TrainSettings:
             return f"min_lr_ratio={self.min_lr_ratio}: needs a value in [0, 1]"
         if not 0 < self.recovery_fraction <= 10:
             return f"recovery_fraction={self.recovery_fraction}: needs a value in (0, 10] (try 0.4)"
-        if self.warmup_steps < 0:
-            return f"warmup_steps={self.warmup_steps}: needs an integer >= 0"
+        for name in ("warmup_steps", "recovery_warmup_steps", "sparsify_steps",
+                     "sparsify_from_topk"):
+            if getattr(self, name) < 0:
+                return f"{name}={getattr(self, name)}: needs an integer >= 0"
+        if not 0 < self.recovery_peak <= 10:
+            return f"recovery_peak={self.recovery_peak}: needs a value in (0, 10] (a share of lr)"
+        if self.recovery_warmup_steps > self.recovery_steps:
+            return (f"recovery_warmup_steps={self.recovery_warmup_steps}: more than the "
+                    f"{self.recovery_steps} recovery steps")
+        if self.sparsify_steps > self.stage1_steps:
+            return (f"sparsify_steps={self.sparsify_steps}: more than the {self.stage1_steps} "
+                    f"stage-1 steps")
+        if self.sparsify_steps and not (self.sparsify_from_topk or
+                                        self.sparsify_layers != "none"):
+            return (f"sparsify_steps={self.sparsify_steps} sparsifies nothing: set "
+                    f"sparsify_from_topk or sparsify_layers")
         for name, allowed in (("schedule", SCHEDULES), ("precision", PRECISIONS),
-                              ("activation_checkpointing", CHECKPOINTING_MODES)):
+                              ("activation_checkpointing", CHECKPOINTING_MODES),
+                              ("recovery_schedule", get_args(RecoverySchedule)),
+                              ("sparsify_layers", get_args(SparsifyLayers))):
             if getattr(self, name) not in allowed:
                 return f"{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}"
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
@@ -212,6 +244,17 @@ def parse_recipe(data: dict[str, Any], *, where: str) -> Recipe:
     problem = recipe.train.problem()
     if problem is not None:
         raise LhConvertError(f"{where}: [train] {problem}")
+    start = recipe.train.sparsify_from_topk
+    if start:
+        trouble = f"it must exceed the target topk {recipe.lighthouse.topk}"
+        if start > recipe.lighthouse.topk:
+            try:
+                trouble = dataclasses.replace(recipe.lighthouse.kernel, topk=start
+                                              ).length_problem(recipe.ctx)
+            except ValueError as error:
+                trouble = str(error)
+        if trouble:
+            raise LhConvertError(f"{where}: [train] sparsify_from_topk={start}: {trouble}")
     return recipe
 
 

@@ -27,6 +27,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from ..convert.attention import set_lighthouse_settings
 from ..convert.manifest import read_manifest
 from ..convert.run_model import load_run_model
 from ..util.determinism import deterministic_algorithms
@@ -48,23 +49,10 @@ from .outlook import recovery_note
 from .packing import PackedSequences, batch_iterator
 from .parallelize import parallelize
 from .recipes import Recipe
+from .schedule import learning_rate, lighthouse_at
 
 LIGHTHOUSE_STAGE, DENSE_STAGE = "lighthouse", "dense"
 LATE_FRACTION = 0.25
-
-
-def learning_rate(step: int, *, recipe: Recipe) -> float:
-    """Warmup, then the recipe's decay over both stages to ``lr * min_lr_ratio``."""
-    train = recipe.train
-    if step < train.warmup_steps:
-        return train.lr * (step + 1) / train.warmup_steps
-    floor = train.lr * train.min_lr_ratio
-    progress = min(1.0, (step - train.warmup_steps) / max(1, train.total_steps - train.warmup_steps))
-    if train.schedule == "constant":
-        return train.lr
-    if train.schedule == "linear":
-        return train.lr - (train.lr - floor) * progress
-    return floor + 0.5 * (train.lr - floor) * (1 + math.cos(math.pi * progress))
 
 
 def model_fingerprint(run_dir: Path) -> str:
@@ -141,12 +129,15 @@ class Trainer:
             self.run_dir, lighthouse=self.stage == LIGHTHOUSE_STAGE, dtype=torch.float32,
             device=env.device)
         self.model, self.seq_len = model, manifest.target_context
+        self.num_layers = manifest.num_layers
         self.lighthouse_layers = report.layers("lighthouse")
+        self.sparsifying = self.stage == LIGHTHOUSE_STAGE and train.sparsify_steps > 0
+        self.settings = self.recipe.lighthouse
         if env.main:
             self.echo(f"attention probe: {report.summary()}" if self.stage == LIGHTHOUSE_STAGE
                       else f"attention probe: all {manifest.num_layers} layers dense "
                            f"(recovery stage)")
-            note = recovery_note(train) if self.stage == LIGHTHOUSE_STAGE else None
+            note = recovery_note(self.recipe) if self.stage == LIGHTHOUSE_STAGE else None
             if note and self.lighthouse_layers:
                 self.echo(f"note: {note}")
             if train.compile:
@@ -215,6 +206,8 @@ class Trainer:
         """One optimizer step over ``grad_accum`` micro-batches; returns its log record."""
         train, env, wired = self.recipe.train, self.env, self.wired
         tick = time.perf_counter()
+        if self.sparsifying:
+            self._sparsify()
         lr = learning_rate(self.step, recipe=self.recipe)
         for group in wired.optimizer.param_groups:
             group["lr"] = lr
@@ -243,10 +236,21 @@ class Trainer:
         self.data_step = data_step
         seconds = time.perf_counter() - tick
         norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        return {"kind": "train", "stage": self.stage, "step": self.step, "loss": loss_value,
-                "lr": lr, "grad_norm": float(norm), "tokens": self.tokens,
-                "tokens_per_s": self.tokens_per_step / seconds, "step_s": seconds,
-                "memory_gib": _peak_memory_gib(env)}
+        record = {"kind": "train", "stage": self.stage, "step": self.step, "loss": loss_value,
+                  "lr": lr, "grad_norm": float(norm), "tokens": self.tokens,
+                  "tokens_per_s": self.tokens_per_step / seconds, "step_s": seconds,
+                  "memory_gib": _peak_memory_gib(env)}
+        if self.sparsifying:
+            dense = self.settings.dense_layer_set(self.num_layers)
+            record.update(topk=self.settings.topk, lighthouse_layers=self.num_layers - len(dense))
+        return record
+
+    def _sparsify(self) -> None:
+        """Apply the sparsifying ramp's settings for this step (``schedule.lighthouse_at``)."""
+        wanted = lighthouse_at(self.step, recipe=self.recipe, num_layers=self.num_layers)
+        if wanted != self.settings:
+            set_lighthouse_settings(self.model, wanted)
+            self.settings = wanted
 
     def validate(self, step: int) -> float:
         """Mean validation loss (and of the last quarter of positions) over ``eval_batches``

@@ -15,14 +15,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_VARIABLE, Path.home() / ".cache" / "lh-convert"))
 
 
-def shipped_folder(name: str) -> Path:
-    """A top-level folder of the repository that ships with the package (``recipes``,
-    ``evals``): installed as the package data ``lh_convert._<name>``, or, run from a checkout
-    that is not installed (``PYTHONPATH=.``), the checkout's own folder."""
+def shipped_folder(folder: str) -> Path:
+    """A folder of the repository that ships with the package (``recipes``, ``evals``,
+    ``docs/conversion``): installed as the package data ``lh_convert._<last part>``, or, run
+    from a checkout that is not installed (``PYTHONPATH=.``), the checkout's own folder."""
     try:
-        spec = importlib.util.find_spec(f"lh_convert._{name}")
+        spec = importlib.util.find_spec(f"lh_convert._{Path(folder).name}")
     except ModuleNotFoundError:
         spec = None
     if spec is not None and spec.submodule_search_locations:
         return Path(next(iter(spec.submodule_search_locations)))
-    return Path(__file__).resolve().parents[2] / name
+    return Path(__file__).resolve().parents[2] / folder

@@ -39,11 +39,15 @@ def test_probe_measures_each_operator(make_tiny_checkpoint, tmp_path: Path) -> N
                   "--out", str(tmp_path / "probe.json"))
     assert done.returncode == 0, done.stderr
     losses = json.loads((tmp_path / "probe.json").read_text())["losses"]
-    assert set(losses) == {"dense", "lighthouse", "mean"}
+    assert set(losses) == {"dense", "lighthouse", "mean", "finest"}
     assert all(len(values) == 2 and all(np.isfinite(values)) for values in losses.values())
     assert abs(losses["lighthouse"][0] - losses["dense"][0]) > 1e-4
     assert abs(losses["mean"][0] - losses["lighthouse"][0]) > 1e-4
+    # With L = 2 only positions with two contributors tell mean from finest, and a random
+    # 4-layer model barely uses attention: the two differ, but by little.
+    assert abs(losses["finest"][0] - losses["lighthouse"][0]) > 1e-4
+    assert losses["finest"] != losses["mean"]
 
     refused = _probe("--run", str(run), "--data", str(data), "--variants", "dense,sparse")
     assert refused.returncode == 2
-    assert "unknown --variants sparse; choose from dense, lighthouse, mean" in refused.stderr
+    assert "unknown --variants sparse; choose from dense, lighthouse, mean, finest" in refused.stderr

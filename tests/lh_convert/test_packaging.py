@@ -15,6 +15,7 @@ CHECK = """
 import json, lh_convert
 from lh_convert.convert.sources import load_aliases
 from lh_convert.evaluate.runner import EVALS_DIR
+from lh_convert.train.outlook import measured_studies
 from lh_convert.train.recipes import available_recipes, load_recipe, recipes_dir
 print(json.dumps({"package": lh_convert.__file__, "recipes_dir": str(recipes_dir()),
                   "recipes": sorted(available_recipes()),
@@ -23,7 +24,8 @@ print(json.dumps({"package": lh_convert.__file__, "recipes_dir": str(recipes_dir
                   "tasks": sorted(p.name for p in EVALS_DIR.glob("*.yaml")),
                   "template": (EVALS_DIR / "_retrieval_template").is_file(),
                   "hooks": (EVALS_DIR / "utils.py").is_file(),
-                  "aliases": "smollm2-135m-gguf" in load_aliases()}))
+                  "aliases": "smollm2-135m-gguf" in load_aliases(),
+                  "studies": len(measured_studies())}))
 """
 
 
@@ -45,6 +47,8 @@ def test_a_built_wheel_finds_its_recipes_and_tasks(tmp_path: Path) -> None:
     assert found["recipes"] == shipped and found["ctx"] == 65536
     assert found["tasks"] == sorted(path.name for path in (REPO / "evals").glob("*.yaml"))
     assert found["template"] and found["hooks"] and found["aliases"]
+    recorded = json.loads((REPO / "docs" / "conversion" / "summary.json").read_text())
+    assert found["studies"] == len(recorded) > 0  # plan and extend quote the shipped record
     help_text = subprocess.run([sys.executable, "-m", "lh_convert.cli", "--help"], cwd=tmp_path,
                                env=env, capture_output=True, text=True)
     assert help_text.returncode == 0 and "extend" in help_text.stdout, help_text.stderr

@@ -393,11 +393,36 @@ def test_plan_reports_and_flags_problems(make_tiny_checkpoint, tmp_path: Path) -
     assert dry.exit_code == 0 and not (tmp_path / "run").exists()
 
 
-def test_recovery_note_only_for_short_recoveries() -> None:
-    from lh_convert.train.outlook import SHORT_RECOVERY_STEPS, recovery_note
-    from lh_convert.train.recipes import TrainSettings
+def test_recovery_note_flags_short_recoveries_and_quotes_the_record(monkeypatch,
+                                                                      tmp_path: Path) -> None:
+    import dataclasses
 
-    short = TrainSettings(stage1_steps=60, recovery_fraction=1 / 3)
-    assert "recovery has 20 dense steps" in recovery_note(short)
-    assert recovery_note(TrainSettings(stage1_steps=3 * SHORT_RECOVERY_STEPS,
-                                       recovery_fraction=1 / 3)) is None
+    from lh_convert.train import outlook
+    from lh_convert.train.recipes import Recipe, TrainSettings
+
+    record = tmp_path / "conversion"
+    record.mkdir()
+    (record / "summary.json").write_text(json.dumps([
+        {"study": "a", "model": "M", "init": "pretrained", "context": 65536, "note": "",
+         "arms": {"dense": {"steps_s": 600.0, "val_loss": 1.30},
+                  "lighthouse": {"steps_s": 300.0, "val_loss": 1.50,
+                                 "dense_val_loss_at_same_wall_s": 1.40}}},
+        {"study": "b", "model": "M", "init": "pretrained", "context": 65536, "note": "",
+         "arms": {"lighthouse": {"steps_s": 300.0, "val_loss": 1.45,
+                                 "dense_val_loss_at_same_wall_s": 1.40}}},
+        {"study": "c", "model": "M", "init": "random", "context": 65536, "note": "PARTIAL",
+         "arms": {"lighthouse": {"steps_s": 200.0, "val_loss": 6.49,
+                                 "dense_val_loss_at_same_wall_s": 6.72}}}]))
+    monkeypatch.setattr(outlook, "shipped_folder", lambda folder: record)
+    short = Recipe(name="t", description="t", model="m", ctx=65536,
+                   train=TrainSettings(stage1_steps=60, recovery_fraction=1 / 3))
+    note = outlook.recovery_note(short)
+    assert "recovery has 20 dense steps" in note
+    assert "study b" in note and "0.05 nats behind dense" in note  # the smallest gap
+    long = dataclasses.replace(short, init="random", train=TrainSettings(
+        stage1_steps=3 * outlook.SHORT_RECOVERY_STEPS, recovery_fraction=1 / 3))
+    note = outlook.recovery_note(long)
+    assert "recovery has" not in note and "from scratch" in note and "partial" in note
+    assert "0.23 nats ahead of dense" in note
+    (record / "summary.json").unlink()
+    assert outlook.recovery_note(long) is None
