@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -247,7 +248,9 @@ def rope(args: argparse.Namespace) -> str:
 
 def write_recipe(layout: Layout, args: argparse.Namespace, arm: str, seed: int) -> Path:
     """The arm's recipe: recipes/smollm2-135m-64k.toml's model and Lighthouse settings (2K-context
-    ones in a rehearsal), the budget knobs, and for `dense` every one of the 30 layers dense."""
+    ones in a rehearsal), the budget knobs, and for `dense` every one of the 30 layers dense.
+    The lighthouse arm takes `--lighthouse-set TABLE.FIELD=VALUE` on top (the levers of #18:
+    `lighthouse.combine="finest"`, `train.recovery_schedule="rewarm"`, ...)."""
     stage1, recovery = budget(args)
     if args.rehearsal:
         lighthouse = {"levels": 2, "pooling": 4, "topk": 128, "tile": 64}
@@ -262,12 +265,21 @@ def write_recipe(layout: Layout, args: argparse.Namespace, arm: str, seed: int) 
                  eval_every=args.eval_every, eval_batches=args.eval_batches,
                  checkpoint_every=args.checkpoint_every or args.steps, keep_checkpoints=1,
                  seed=seed)
+    if arm == "lighthouse":
+        for setting in args.lighthouse_set:
+            key, _, value = setting.partition("=")
+            table, _, field = key.partition(".")
+            if table not in ("lighthouse", "train") or not field or not value:
+                sys.exit(f"--lighthouse-set {setting!r}: use TABLE.FIELD=VALUE with TABLE "
+                         f"lighthouse or train, VALUE in TOML syntax (\"finest\", 20, true)")
+            chosen = lighthouse if table == "lighthouse" else train
+            chosen[field] = tomllib.loads(f"v = {value}")["v"]
     model = layout.config_only if args.init == "random" else MODEL
     lines = [f'name = "replication-{arm}"',
              f'description = "{args.study or "issue #6"}, arm {arm}: {stage1} + {recovery} steps"',
              f'model = "{model}"', f'ctx = "{args.ctx}"', f'rope = "{rope(args)}"',
              f'init = "{args.init}"', "", "[lighthouse]"]
-    lines += [f"{key} = {value}" for key, value in lighthouse.items()]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in lighthouse.items()]
     lines += [f"dense_layers = {dense_layers}", "", "[train]"]
     lines += [f"{key} = {json.dumps(value)}" for key, value in train.items()]
     layout.recipes.mkdir(parents=True, exist_ok=True)
@@ -428,6 +440,9 @@ def main() -> None:
     parser.add_argument("--init", choices=("pretrained", "random"), default="pretrained",
                         help="random: SmolLM2's architecture and tokenizer with fresh weights "
                              "(the from-scratch control; needs only .rep/c, no GGUF)")
+    parser.add_argument("--lighthouse-set", action="append", default=[], metavar="TABLE.FIELD=VALUE",
+                        help="a recipe field of the lighthouse arm, e.g. lighthouse.combine="
+                             "\"finest\" or train.recovery_schedule=\"rewarm\" (repeatable)")
     parser.add_argument("--must-resume", action="store_true",
                         help="arm steps: refuse to start an arm from step 0 (a later device "
                              "call that expects the earlier call's checkpoint)")
