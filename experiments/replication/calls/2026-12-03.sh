@@ -4,10 +4,12 @@
 # the GPU machine. Every arm finishes inside one call or is resumed from /tmp by the next call
 # issued at once (the machine keeps /tmp only while it stays warm, 30 s after a call).
 #
-#   call1  carry .rep/a .whl       wheels + GGUF part 1 into /tmp; GPU check of the combine
-#                                  rules (kernel tests) and bench attention sum/mean/finest
+#   call1  carry .rep/a .whl       wheels + GGUF part 1 into /tmp (~20 s: send call2 at once)
+#   bench  carry nothing           GPU check of the combine rules (kernel tests) and bench
+#                                  attention sum/mean/finest (what 2026-12-03's call 1 also ran)
 #   call2  carry .rep/b .rep/c     GGUF joined; the dense conversion arm, 160 steps
-#                                  (fallback when part 1 is gone: the from-scratch dense arm)
+#                                  (fallback when part 1 is gone: the from-scratch dense arm
+#                                  with seed + 1, the spread of the scratch-160 study)
 #   call3  carry .rep/c            Lighthouse arm A (finest + rewarm), then arm B started
 #   call4  carry .rep/c            arm B resumed and finished, then arm C while time lasts
 set -uo pipefail
@@ -41,9 +43,12 @@ arm() {
     python3 $R pack save $K --study "$study"
 }
 
-case "${1:?call1|call2|call3|call4}" in
+case "${1:?call1|bench|call2|call3|call4}" in
 call1)
     python3 $R stage-a save
+    ;;
+bench)
+    mkdir -p .rep/site && ln -sfn "$PWD/kernels" .rep/site/lighthouse_kernels
     export PYTHONPATH=$PWD:$PWD/.rep/site
     timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/kernels/test_scatter.py \
         tests/kernels/test_golden.py 2>&1 | tail -n 25
@@ -56,9 +61,9 @@ call2)
         timeout -s INT "$(left 565)" python3 $R dense $K --study convert-160
         python3 $R pack save $K --study convert-160
     else
-        echo "== GGUF part 1 is gone: the from-scratch dense arm instead"
+        echo "== GGUF part 1 is gone: the from-scratch dense repeat (seed + 1) instead"
         python3 $R unpack
-        timeout -s INT "$(left 565)" python3 $R dense $K --init random --study scratch-160
+        timeout -s INT "$(left 565)" python3 $R dense-repeat $K --init random --study scratch-160
         python3 $R pack save $K --init random --study scratch-160
     fi
     ;;
@@ -68,10 +73,11 @@ call3)
         arm convert-160-finest-rewarm "${FINEST[@]}" "${REWARM[@]}"
         arm convert-160-finest-ramp-rewarm "${FINEST[@]}" "${REWARM[@]}" "${RAMP[@]}"
     else
-        echo "== no GGUF kept: the from-scratch Lighthouse arm instead"
+        echo "== no GGUF kept: from scratch with combine = finest instead (vs scratch-160's dense)"
         python3 $R unpack
-        timeout -s INT "$(left 565)" python3 $R lighthouse $K --init random --study scratch-160
-        python3 $R pack save $K --init random --study scratch-160
+        timeout -s INT "$(left 565)" python3 $R lighthouse $K --init random \
+            --study scratch-160-finest "${FINEST[@]}"
+        python3 $R pack save $K --init random --study scratch-160-finest
     fi
     ;;
 call4)
