@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
+from ..util import hf_load
 from ..util.errors import LhConvertError
 from ..util.formats import verify_safetensors_dir
 from .attention import ATTENTION_NAME, ProbeReport, probe
@@ -25,14 +26,14 @@ def load_run_model(run_dir: Path, *, lighthouse: bool, dtype: torch.dtype | None
     """
     manifest = read_manifest(run_dir)
     verify_safetensors_dir(Path(run_dir))
-    config = AutoConfig.from_pretrained(run_dir)
+    config = hf_load.load_config(run_dir)
     if not lighthouse:
         # Dense everywhere, still through the counting dispatcher, so the probe (and the
         # training loop) can show every layer ran plain SDPA rather than assume it.
         settings = settings_of(config)
         setattr(config, CONFIG_KEY, LighthouseSettings.from_dict(
             {**settings.to_dict(), "dense_layers": list(range(config.num_hidden_layers))}).to_dict())
-    model = AutoModelForCausalLM.from_pretrained(
+    model = hf_load.load_causal_lm(
         run_dir, config=config, dtype=dtype or "auto", attn_implementation=ATTENTION_NAME)
     if checkpoint is not None:
         from safetensors.torch import load_file

@@ -30,7 +30,9 @@ from typing import Any
 
 import torch
 
+from ..util import hf_load
 from ..util.errors import LhConvertError
+from ..util.formats import verify_safetensors_dir
 from ..util.hub import HUB_TIMEOUT_S, call_with_deadline, short_reason
 from ..util.paths import shipped_folder
 from .builders import TASKS, EvalDataOptions, build_task_data, read_meta
@@ -97,7 +99,8 @@ def run_eval(*, model: Path, out: Path, suite: str = "long-context",
                                                          echo=echo)
         echo(f"  {loaded.config.model_type}, {loaded.num_parameters() / 1e6:.1f}M parameters, "
              f"dense SDPA, context {max_length:,} tokens")
-        lm = HFLM(pretrained=loaded, tokenizer=tokenizer, max_length=max_length, batch_size=1)
+        lm = HFLM(pretrained=loaded, tokenizer=tokenizer, max_length=max_length, batch_size=1,
+                  trust_remote_code=False)
         results.append(evaluate_lm(
             lm=lm, label=label, source=str(source), tokenizer_dir=source, max_length=max_length,
             suite=suite, lengths=lengths, data_dir=Path(out) / "data" / slug(label),
@@ -119,8 +122,6 @@ def load_dense_model(*, path: Path, device: str, dtype: torch.dtype | None = Non
     `load_run_model(lighthouse=False)`; its context is the larger of the config's
     `max_position_embeddings` and the run's target (dynamic RoPE keeps the former small).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     path = Path(path)
     dtype = dtype or (torch.float32 if device == "cpu" else None)
     if (path / "manifest.json").is_file():
@@ -132,14 +133,15 @@ def load_dense_model(*, path: Path, device: str, dtype: torch.dtype | None = Non
         echo(f"  run folder: {report.summary()}")
         context = max(model.config.max_position_embeddings, manifest.target_context)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto",
-                                                     attn_implementation="sdpa").to(device)
+        verify_safetensors_dir(path)  # safetensors only, as convert: never a pickle
+        model = hf_load.load_causal_lm(path, dtype=dtype or "auto", use_safetensors=True,
+                                       attn_implementation="sdpa").to(device)
         context = getattr(model.config, "max_position_embeddings", None)
         if context is None:
             raise LhConvertError(f"{path}/config.json has no max_position_embeddings; add the "
                                  "model's context length to it")
     model.eval()
-    return model, AutoTokenizer.from_pretrained(path), int(context)
+    return model, hf_load.load_tokenizer(path), int(context)
 
 
 def evaluate_lm(*, lm: Any, label: str, source: str, tokenizer_dir: Path, max_length: int,

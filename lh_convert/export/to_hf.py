@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 from huggingface_hub import HfApi
 from safetensors.torch import save_file
-from transformers import AutoTokenizer
 
 from .. import __version__
 from ..convert.run_model import load_run_model
 from ..convert.settings import CONFIG_KEY
 from ..convert.surgery import MAX_SHARD_SIZE
 from ..train.checkpoint import latest_checkpoint
+from ..util import hf_load
 from ..util.atomic import atomic_directory, check_output_folder
 from ..util.errors import LhConvertError
 from .model_card import CARD_NAME, build_model_card
@@ -50,7 +50,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 folder, reference = sys.argv[1], sys.argv[2]
 expected = load_file(reference)
-model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                             trust_remote_code=False).eval()
 with torch.no_grad():
     logits = model(input_ids=expected["input_ids"], use_cache=False).logits
 print(json.dumps({"max_abs_diff": (logits - expected["logits"]).abs().max().item(),
@@ -107,7 +108,7 @@ def export(*, run: Path, out: Path, verify: bool = True, push: PushRequest | Non
     model, manifest, _ = load_run_model(run, lighthouse=False, dtype=None,
                                         checkpoint=latest_checkpoint(run))
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(run)
+    tokenizer = hf_load.load_tokenizer(run)
     input_ids = tokenizer(VERIFY_TEXT, return_tensors="pt").input_ids[:, :64]
     with torch.no_grad():  # the run's own dense forward (every layer dense, probed)
         expected = model.float()(input_ids=input_ids, use_cache=False).logits

@@ -30,6 +30,7 @@ from torch.distributed.checkpoint.state_dict import (
 from ..convert.attention import set_lighthouse_settings
 from ..convert.manifest import read_manifest
 from ..convert.run_model import load_run_model
+from ..util import hf_load
 from ..util.determinism import deterministic_algorithms
 from ..util.errors import LhConvertError
 from ..util.paths import cache_dir
@@ -150,9 +151,7 @@ class Trainer:
         self._open_data()
 
     def _open_data(self) -> None:
-        from transformers import AutoTokenizer
-
-        corpus = tokenize_corpus(spec=self.data, tokenizer=AutoTokenizer.from_pretrained(self.run_dir),
+        corpus = tokenize_corpus(spec=self.data, tokenizer=hf_load.load_tokenizer(self.run_dir),
                                  cache_dir=cache_dir() / "tokens", progress=self.progress)
         self.samples = PackedSequences(corpus.train, seq_len=self.seq_len)
         self.validation = PackedSequences(corpus.validation, seq_len=self.seq_len)
