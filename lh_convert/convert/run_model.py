@@ -8,6 +8,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..util import hf_load
+from ..util.checksums import verify_checksums
 from ..util.errors import LhConvertError
 from ..util.formats import verify_safetensors_dir
 from .attention import ATTENTION_NAME, ProbeReport, probe
@@ -25,6 +26,8 @@ def load_run_model(run_dir: Path, *, lighthouse: bool, dtype: torch.dtype | None
     Returns the model, the manifest and the probe's report of which path every layer took.
     """
     manifest = read_manifest(run_dir)
+    verify_checksums(Path(run_dir), fix="the run folder's converted files changed; convert again "
+                                        "into a new --out")
     verify_safetensors_dir(Path(run_dir))
     config = hf_load.load_config(run_dir)
     if not lighthouse:
@@ -38,8 +41,15 @@ def load_run_model(run_dir: Path, *, lighthouse: bool, dtype: torch.dtype | None
     if checkpoint is not None:
         from safetensors.torch import load_file
 
+        fix = f"delete that folder ({Path(checkpoint).name}) to use the previous checkpoint"
+        verify_checksums(Path(checkpoint), fix=fix)
         verify_safetensors_dir(checkpoint)
         state = load_file(str(checkpoint / "model.safetensors"))
+        bad = [name for name, tensor in state.items()
+               if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+        if bad:
+            raise LhConvertError(f"checkpoint {checkpoint} holds non-finite weights (NaN or "
+                                 f"infinite values in {bad[0]}); {fix}")
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise LhConvertError(f"checkpoint {checkpoint} does not fit the run's model (missing "

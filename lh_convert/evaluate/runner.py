@@ -32,6 +32,7 @@ import torch
 
 from ..util import hf_load
 from ..util.errors import LhConvertError
+from ..util.checksums import verify_checksums
 from ..util.formats import verify_safetensors_dir
 from ..util.hub import HUB_TIMEOUT_S, call_with_deadline, short_reason
 from ..util.paths import shipped_folder
@@ -133,6 +134,7 @@ def load_dense_model(*, path: Path, device: str, dtype: torch.dtype | None = Non
         echo(f"  run folder: {report.summary()}")
         context = max(model.config.max_position_embeddings, manifest.target_context)
     else:
+        verify_checksums(path, fix="export or download that model again")
         verify_safetensors_dir(path)  # safetensors only, as convert: never a pickle
         model = hf_load.load_causal_lm(path, dtype=dtype or "auto", use_safetensors=True,
                                        attn_implementation="sdpa").to(device)

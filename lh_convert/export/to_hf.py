@@ -31,6 +31,7 @@ from ..convert.surgery import MAX_SHARD_SIZE
 from ..train.checkpoint import latest_checkpoint
 from ..util import hf_load
 from ..util.atomic import atomic_directory, check_output_folder
+from ..util.checksums import write_checksums
 from ..util.errors import LhConvertError
 from .model_card import CARD_NAME, build_model_card
 from .publish import PushRequest, PushResult, plan_push, push_folder, resolve_token
@@ -123,6 +124,7 @@ def export(*, run: Path, out: Path, verify: bool = True, push: PushRequest | Non
         model.save_pretrained(staging, max_shard_size=MAX_SHARD_SIZE)
         tokenizer.save_pretrained(staging)
         (staging / CARD_NAME).write_text(card, encoding="utf-8")
+        write_checksums(staging)
         saved = json.loads((staging / "config.json").read_text())
         leftover = [key for key in FORBIDDEN_CONFIG_KEYS if key in saved]
         if leftover:

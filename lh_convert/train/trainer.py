@@ -33,6 +33,7 @@ from ..convert.run_model import load_run_model
 from ..util import hf_load
 from ..util.determinism import deterministic_algorithms
 from ..util.errors import LhConvertError
+from ..util.interrupts import sigint_ignored
 from ..util.paths import cache_dir
 from .checkpoint import (
     LoadedCheckpoint,
@@ -45,10 +46,12 @@ from .checkpoint import (
 )
 from .data import DataSpec, tokenize_corpus
 from .distributed import Dist
+from .housekeeping import tidy_run
 from .metrics import METRICS, append_metrics, plot_run, read_metrics, rewrite_metrics
 from .outlook import recovery_note
 from .packing import PackedSequences, batch_iterator
 from .parallelize import parallelize
+from .preflight import pin_data
 from .recipes import Recipe
 from .schedule import learning_rate, lighthouse_at
 
@@ -77,6 +80,8 @@ def run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env:
     ``stop_after`` ends the run early after that many steps (tests; the checkpoint is saved).
     With ``train.deterministic`` the stage runs under ``torch.use_deterministic_algorithms``.
     """
+    if env.main:
+        tidy_run(run_dir, keep=recipe.train.keep_checkpoints)
     with deterministic_algorithms(True) if recipe.train.deterministic else contextlib.nullcontext():
         trainer = Trainer(run_dir=run_dir, recipe=recipe, stage=stage, data=data, env=env,
                           echo=echo, progress=progress)
@@ -153,6 +158,8 @@ class Trainer:
     def _open_data(self) -> None:
         corpus = tokenize_corpus(spec=self.data, tokenizer=hf_load.load_tokenizer(self.run_dir),
                                  cache_dir=cache_dir() / "tokens", progress=self.progress)
+        if self.env.main:
+            pin_data(self.run_dir, corpus=corpus, trained=self.step > 0)
         self.samples = PackedSequences(corpus.train, seq_len=self.seq_len)
         self.validation = PackedSequences(corpus.validation, seq_len=self.seq_len)
         if self.env.main:
@@ -313,7 +320,11 @@ class Trainer:
             bar.close()
             if self.step > self.start and latest_checkpoint(self.run_dir) != \
                     checkpoint_path(self.run_dir, self.step):
-                self.save()
+                if self.env.main:
+                    self.echo(f"interrupted: saving step {self.step} first (Ctrl-C again is "
+                              f"ignored until it is written)")
+                with sigint_ignored():
+                    self.save()
             raise
         bar.close()
         if self.env.main:
