@@ -18,12 +18,14 @@ PNG plots: retrieval accuracy (depth x length) per model, and loss by position.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
+import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,10 @@ def run_eval(*, model: Path, out: Path, suite: str = "long-context",
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise LhConvertError("--device cuda, but no CUDA GPU is visible; pass --device cpu")
+    for folder in (Path(out), *Path(out).parents):
+        if folder.exists() and not folder.is_dir():
+            raise LhConvertError(f"--out {out}: {folder} is a file, not a folder; pass a folder "
+                                 f"for the results (it is created if missing)")
     sources = [Path(model)] + ([Path(baseline)] if baseline is not None else [])
     for source in sources:
         if not source.is_dir():
@@ -100,8 +106,9 @@ def run_eval(*, model: Path, out: Path, suite: str = "long-context",
                                                          echo=echo)
         echo(f"  {loaded.config.model_type}, {loaded.num_parameters() / 1e6:.1f}M parameters, "
              f"dense SDPA, context {max_length:,} tokens")
-        lm = HFLM(pretrained=loaded, tokenizer=tokenizer, max_length=max_length, batch_size=1,
-                  trust_remote_code=False)
+        with _quiet_logger("lm_eval.models.huggingface"):  # its notes on a model object we pass
+            lm = HFLM(pretrained=loaded, tokenizer=tokenizer, max_length=max_length, batch_size=1,
+                      trust_remote_code=False)
         results.append(evaluate_lm(
             lm=lm, label=label, source=str(source), tokenizer_dir=source, max_length=max_length,
             suite=suite, lengths=lengths, data_dir=Path(out) / "data" / slug(label),
@@ -113,6 +120,17 @@ def run_eval(*, model: Path, out: Path, suite: str = "long-context",
     files = write_report(models=results, out_dir=Path(out))
     echo(f"results in {out}: " + ", ".join(str(p.relative_to(out)) for p in files))
     return EvalReport(models=results, files=files)
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def load_dense_model(*, path: Path, device: str, dtype: torch.dtype | None = None,

@@ -150,6 +150,24 @@ def _size(count: int) -> str:
     return f"{count:.1f} TB"  # pragma: no cover
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(folder: Path) -> None:
+    """Give every file under ``folder`` the mode the umask asks for (``0o666 & ~umask``).
+
+    safetensors writes through its own private temporary file, so its outputs come out 0600
+    whatever the umask; a shared run or export folder should be readable as the user set up.
+    """
+    mode = 0o666 & ~_current_umask()
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode)
+
+
 def check_output_folder(final: Path) -> None:
     """Fail now, before any long work, if ``atomic_directory(final)`` would fail to start."""
     _make_temporary_sibling(Path(final).expanduser().absolute()).rmdir()
@@ -179,6 +197,7 @@ def atomic_directory(final: Path, *, needed: int | None = None) -> Iterator[Path
             raise LhConvertError(
                 f"output folder {final} already exists; choose another --out or delete it"
             )
+        apply_umask(temporary)
         os.rename(temporary, final)
     except BaseException as error:
         full = disk_full_error(error, folder=final.parent, needed=needed, written=temporary)
