@@ -26,9 +26,9 @@ def load_run_model(run_dir: Path, *, lighthouse: bool, dtype: torch.dtype | None
     Returns the model, the manifest and the probe's report of which path every layer took.
     """
     manifest = read_manifest(run_dir)
+    verify_safetensors_dir(Path(run_dir))  # a truncated file first: the more specific message
     verify_checksums(Path(run_dir), fix="the run folder's converted files changed; convert again "
                                         "into a new --out")
-    verify_safetensors_dir(Path(run_dir))
     config = hf_load.load_config(run_dir)
     if not lighthouse:
         # Dense everywhere, still through the counting dispatcher, so the probe (and the
@@ -42,8 +42,8 @@ def load_run_model(run_dir: Path, *, lighthouse: bool, dtype: torch.dtype | None
         from safetensors.torch import load_file
 
         fix = f"delete that folder ({Path(checkpoint).name}) to use the previous checkpoint"
-        verify_checksums(Path(checkpoint), fix=fix)
         verify_safetensors_dir(checkpoint)
+        verify_checksums(Path(checkpoint), fix=fix)
         state = load_file(str(checkpoint / "model.safetensors"))
         bad = [name for name, tensor in state.items()
                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]

@@ -152,8 +152,8 @@ def load_dense_model(*, path: Path, device: str, dtype: torch.dtype | None = Non
         echo(f"  run folder: {report.summary()}")
         context = max(model.config.max_position_embeddings, manifest.target_context)
     else:
-        verify_checksums(path, fix="export or download that model again")
         verify_safetensors_dir(path)  # safetensors only, as convert: never a pickle
+        verify_checksums(path, fix="export or download that model again")
         model = hf_load.load_causal_lm(path, dtype=dtype or "auto", use_safetensors=True,
                                        attn_implementation="sdpa").to(device)
         context = getattr(model.config, "max_position_embeddings", None)

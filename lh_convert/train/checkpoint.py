@@ -136,8 +136,8 @@ def load_checkpoint(path: Path) -> LoadedCheckpoint:
     path = Path(path)
     fix = previous_checkpoint_hint(path)
     try:
-        verify_checksums(path, fix=fix)
         verify_safetensors_dir(path)
+        verify_checksums(path, fix=fix)
         state = _train_state(json.loads((path / "state.json").read_text()))
         meta = json.loads((path / "optimizer.json").read_text())
         model_state = load_file(str(path / "model.safetensors"))

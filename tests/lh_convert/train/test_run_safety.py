@@ -227,3 +227,32 @@ def test_a_second_ctrl_c_during_the_save_is_ignored(setup, monkeypatch) -> None:
     with pytest.raises(KeyboardInterrupt):
         _extend(recipe.with_train(checkpoint_every=100), run, data)
     assert load_checkpoint(latest_checkpoint(run)).state.step == 3
+
+
+def test_a_mismatch_on_a_run_that_never_trained_says_how_to_start_over(
+        setup, make_tiny_checkpoint, tmp_path: Path) -> None:
+    import dataclasses
+
+    recipe, data, run = setup
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "blank.txt").write_text("\n")
+    with pytest.raises(LhConvertError, match="holds no text"):
+        _extend(recipe, run, empty)
+    other = dataclasses.replace(recipe, model=str(make_tiny_checkpoint("qwen2")))
+    with pytest.raises(LhConvertError, match=rf"never completed a step, so delete it "
+                                             rf"\(rm -r {run}\) and run again"):
+        _extend(other, run, data)
+
+
+def test_a_killed_conversions_staging_folder_is_removed_by_the_next(
+        make_tiny_checkpoint, tmp_path: Path) -> None:
+    from lh_convert.convert.settings import LighthouseSettings
+    from lh_convert.convert.surgery import convert
+
+    leftover = tmp_path / ".run.tmp-0badc0de"
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(b"x" * 100)
+    convert(model=str(make_tiny_checkpoint("llama")), ctx=1024, out=tmp_path / "run",
+            settings=LighthouseSettings(levels=2, pooling=2, topk=16, tile=8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
