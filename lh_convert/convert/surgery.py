@@ -118,7 +118,8 @@ def convert(*, model: str, ctx: int, out: Path, rope: str = DEFAULT_ROPE_METHOD,
         dtype=str(next(network.parameters()).dtype).removeprefix("torch."),
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
-    with atomic_directory(out) as staging:
+    weight_bytes = sum(p.numel() * p.element_size() for p in network.parameters())
+    with atomic_directory(out, needed=weight_bytes) as staging:
         network.save_pretrained(staging, max_shard_size=MAX_SHARD_SIZE)
         tokenizer.save_pretrained(staging)
         manifest.write(staging)

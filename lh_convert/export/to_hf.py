@@ -120,7 +120,8 @@ def export(*, run: Path, out: Path, verify: bool = True, push: PushRequest | Non
     model.to(getattr(torch, manifest.dtype))
     card = build_model_card(run_dir=Path(run), manifest=manifest,
                             repo_id=push.repo_id if push is not None else None)
-    with atomic_directory(Path(out)) as staging:
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    with atomic_directory(Path(out), needed=weight_bytes) as staging:
         model.save_pretrained(staging, max_shard_size=MAX_SHARD_SIZE)
         tokenizer.save_pretrained(staging)
         (staging / CARD_NAME).write_text(card, encoding="utf-8")

@@ -33,8 +33,12 @@ def read_record(run_dir: Path) -> tuple[Recipe, DataSpec] | None:
     path = Path(run_dir) / RECIPE_RECORD
     if not path.is_file():
         return None
-    data = json.loads(path.read_text())
-    return (parse_recipe(data["recipe"], where=str(path)), DataSpec(**data["data"]))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return (parse_recipe(data["recipe"], where=str(path)), DataSpec(**data["data"]))
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        raise LhConvertError(f"{path} is damaged ({type(error).__name__}: {error}); restore it, "
+                             f"or train a new --out") from None
 
 
 def _write_record(run_dir: Path, recipe: Recipe, data: DataSpec) -> None:

@@ -130,13 +130,14 @@ def disk_full_error(error: BaseException, *, folder: Path, needed: int | None = 
     if getattr(error, "errno", None) != errno.ENOSPC and "No space left" not in text \
             and "StorageFull" not in text:
         return None
-    if needed is None and written is not None:
-        needed = sum(p.stat().st_size for p in Path(written).rglob("*") if p.is_file())
     try:
         free = shutil.disk_usage(folder).free
     except OSError:
         free = None
-    need = f"needed about {_size(needed)}" if needed else "ran out of space"
+    done = 0 if written is None else sum(p.stat().st_size for p in Path(written).rglob("*")
+                                         if p.is_file())
+    need = (f"needed about {_size(needed)}" if needed else
+            f"had written {_size(done)} when it ran out of space" if done else "ran out of space")
     have = f", {_size(free)} free now" if free is not None else ""
     return LhConvertError(f"the disk holding {folder} is full: the write {need}{have}; free some "
                           f"space there or choose an --out on a larger disk")

@@ -116,3 +116,27 @@ def test_state_json_with_wrong_types_is_one_line(run: Path, field: str, value) -
     write_checksums(newest)
     with pytest.raises(LhConvertError, match=rf"state\.json field {field} is .*step-0000002"):
         load_checkpoint(newest)
+
+
+def test_export_of_a_corrupted_run_is_one_line_on_the_cli(run: Path, tmp_path: Path,
+                                                          assert_one_line_error) -> None:
+    from click.testing import CliRunner
+
+    from lh_convert.cli import main
+
+    _flip_a_tensor_byte(latest_checkpoint(run) / "optimizer.safetensors")
+    _flip_a_tensor_byte(latest_checkpoint(run) / "model.safetensors")
+    result = CliRunner().invoke(main, ["export", "--run", str(run), "--out", str(tmp_path / "x")])
+    assert_one_line_error(result, "step-0000004/model.safetensors does not match the sha256",
+                          "use the previous checkpoint")
+    result = CliRunner().invoke(main, ["recover", "--run", str(run), "--steps", "1"])
+    assert_one_line_error(result, "does not match the sha256", "previous checkpoint (step-0000002)")
+
+
+def test_a_damaged_recipe_record_is_one_line(run: Path) -> None:
+    record = json.loads((run / "recipe.json").read_text())
+    record["data"]["paths"] = 7
+    record["data"]["bogus"] = 1
+    (run / "recipe.json").write_text(json.dumps(record))
+    with pytest.raises(LhConvertError, match=r"recipe\.json is damaged"):
+        recover(run=run, steps=1, echo=print, progress=False)

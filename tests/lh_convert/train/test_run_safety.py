@@ -256,3 +256,23 @@ def test_a_killed_conversions_staging_folder_is_removed_by_the_next(
     convert(model=str(make_tiny_checkpoint("llama")), ctx=1024, out=tmp_path / "run",
             settings=LighthouseSettings(levels=2, pooling=2, topk=16, tile=8))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_disk_full_while_exporting_is_one_line(setup, tmp_path: Path, monkeypatch) -> None:
+    import transformers
+
+    from lh_convert.export.to_hf import export
+
+    recipe, data, run = setup
+    _extend(recipe, run, data, stop_after=2)
+    real_save = transformers.PreTrainedModel.save_pretrained
+
+    def full_disk(self, folder, *args, **kwargs):
+        real_save(self, folder, *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", full_disk)
+    with pytest.raises(LhConvertError, match=rf"the disk holding {tmp_path / 'exports'} is full: "
+                                             rf"the write needed about [\d.]+ [KM]B"):
+        export(run=run, out=tmp_path / "exports" / "plain", verify=False)
+    assert list((tmp_path / "exports").iterdir()) == []
