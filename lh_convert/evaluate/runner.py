@@ -86,15 +86,15 @@ def run_eval(*, model: Path, out: Path, suite: str = "long-context",
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise LhConvertError("--device cuda, but no CUDA GPU is visible; pass --device cpu")
-    for folder in (Path(out), *Path(out).parents):
-        if folder.exists() and not folder.is_dir():
-            raise LhConvertError(f"--out {out}: {folder} is a file, not a folder; pass a folder "
-                                 f"for the results (it is created if missing)")
     sources = [Path(model)] + ([Path(baseline)] if baseline is not None else [])
     for source in sources:
         if not source.is_dir():
             raise LhConvertError(f"model folder {source} does not exist; pass a Hugging Face "
                                  "checkpoint folder or a run folder from `lh-convert convert`")
+    for folder in (Path(out), *Path(out).parents):
+        if folder.exists() and not folder.is_dir():
+            raise LhConvertError(f"--out {out}: {folder} is a file, not a folder; pass a folder "
+                                 f"for the results (it is created if missing)")
     if suite != "long-context":
         check_short_datasets(echo=echo)
     from lm_eval.models.huggingface import HFLM

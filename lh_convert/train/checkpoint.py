@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from ..util.atomic import atomic_directory
 from ..util.checksums import verify_checksums, write_checksums
 from ..util.errors import LhConvertError
+from ..util.interrupts import sigint_deferred
 from ..util.formats import verify_safetensors_dir
 
 CHECKPOINTS = "checkpoints"
@@ -110,15 +111,16 @@ def save_checkpoint(run_dir: Path, *, model_state: dict[str, torch.Tensor], opti
     weights = {k: v.detach().cpu().clone().contiguous() for k, v in model_state.items()}
     optim_tensors, optim_meta = _flatten_optimizer(optim_state)
     needed = sum(t.numel() * t.element_size() for t in [*weights.values(), *optim_tensors.values()])
-    with atomic_directory(final, needed=needed) as staging:
-        save_file(weights, str(staging / "model.safetensors"))
-        save_file(optim_tensors, str(staging / "optimizer.safetensors"))
-        (staging / "optimizer.json").write_text(json.dumps(optim_meta, indent=1))
-        save_file(_rng_state(), str(staging / "rng.safetensors"))
-        (staging / "state.json").write_text(json.dumps(asdict(state), indent=2))
-        write_checksums(staging)
-    for old in checkpoint_dirs(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    with sigint_deferred():  # a Ctrl-C meanwhile stops the run once this checkpoint is whole
+        with atomic_directory(final, needed=needed) as staging:
+            save_file(weights, str(staging / "model.safetensors"))
+            save_file(optim_tensors, str(staging / "optimizer.safetensors"))
+            (staging / "optimizer.json").write_text(json.dumps(optim_meta, indent=1))
+            save_file(_rng_state(), str(staging / "rng.safetensors"))
+            (staging / "state.json").write_text(json.dumps(asdict(state), indent=2))
+            write_checksums(staging)
+        for old in checkpoint_dirs(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..util.atomic import disk_full_error, write_text_atomic
+from ..util.atomic import write_text_atomic
 from ..util.figures import pyplot, save_figure
 
 METRICS = "metrics.jsonl"
@@ -16,15 +16,8 @@ LOSS_PLOT = "loss.png"
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
-    line = json.dumps(record) + "\n"
-    try:
-        with open(Path(run_dir) / METRICS, "a", encoding="utf-8") as handle:
-            handle.write(line)
-    except OSError as error:  # a line cut short is skipped on reading; the message must be one
-        full = disk_full_error(error, folder=Path(run_dir), needed=len(line.encode()))
-        if full is None:
-            raise
-        raise full from None
+    with open(Path(run_dir) / METRICS, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
 
 
 def read_jsonl(path: Path, *, required: str | None = None) -> list[dict[str, Any]]:

@@ -33,7 +33,6 @@ from ..convert.run_model import load_run_model
 from ..util import hf_load
 from ..util.determinism import deterministic_algorithms
 from ..util.errors import LhConvertError
-from ..util.interrupts import sigint_ignored
 from ..util.paths import cache_dir
 from .checkpoint import (
     LoadedCheckpoint,
@@ -320,11 +319,7 @@ class Trainer:
             bar.close()
             if self.step > self.start and latest_checkpoint(self.run_dir) != \
                     checkpoint_path(self.run_dir, self.step):
-                if self.env.main:
-                    self.echo(f"interrupted: saving step {self.step} first (Ctrl-C again is "
-                              f"ignored until it is written)")
-                with sigint_ignored():
-                    self.save()
+                self.save()
             raise
         bar.close()
         if self.env.main:

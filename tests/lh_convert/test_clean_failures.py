@@ -95,3 +95,29 @@ def test_written_files_follow_the_umask(make_tiny_checkpoint, tmp_path: Path, um
     for folder in (tmp_path / "run", tmp_path / "out"):
         modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir() if p.is_file()}
         assert modes["model.safetensors"] == mode and set(modes.values()) == {mode}, modes
+
+
+def test_disk_full_anywhere_is_one_line(make_tiny_checkpoint, tmp_path: Path,
+                                        monkeypatch) -> None:
+    """A full disk outside the atomic writers (here the metrics log) still prints one line."""
+    from lh_convert.train import metrics
+
+    def full_disk(run_dir, record):
+        raise OSError(28, "No space left on device", str(Path(run_dir) / "metrics.jsonl"))
+
+    monkeypatch.setattr(metrics, "append_metrics", full_disk)
+    monkeypatch.setattr("lh_convert.train.trainer.append_metrics", full_disk)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("some text to train on\n" * 400)
+    (data / "b.txt").write_text("other text held out\n" * 400)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(HEAD.replace("./tiny", str(make_tiny_checkpoint("llama")))
+                      + "[lighthouse]\nlevels = 2\npooling = 2\ntopk = 16\ntile = 8\n"
+                      + '[train]\nstage1_steps = 1\nprecision = "fp32"\nwarmup_steps = 0\n'
+                      + "loss_chunk = 128\neval_batches = 1\n")
+    result = _run("extend", "--recipe", str(recipe), "--out", str(tmp_path / "run"), "--data",
+                  str(data))
+    assert result.exit_code == 2 and "Traceback" not in result.stderr  # above it: progress bars
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"error: the disk holding {tmp_path / 'run'} is full" in last, result.stderr
