@@ -86,8 +86,12 @@ def _make_temporary_sibling(final: Path) -> Path:
 
 
 def _try_lock(folder: Path) -> int | None:
-    """An open descriptor of ``folder`` holding its exclusive flock, or None if another holds it."""
-    descriptor = os.open(folder, os.O_RDONLY)
+    """An open descriptor of ``folder`` holding its exclusive flock, or None if another holds it
+    (or the folder cannot be opened)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return None
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -107,12 +111,9 @@ def remove_stale_staging(folder: Path, *, name: str | None = None) -> list[Path]
         if not match or (name is not None and match["name"] != name) or not candidate.is_dir() \
                 or candidate.is_symlink():
             continue
-        try:
-            descriptor = _try_lock(candidate)
-        except OSError:
-            continue  # vanished meanwhile
+        descriptor = _try_lock(candidate)
         if descriptor is None:
-            continue  # a writer is at work in it
+            continue  # a writer is at work in it (or it vanished meanwhile)
         try:
             shutil.rmtree(candidate, ignore_errors=True)
             removed.append(candidate)

@@ -36,7 +36,11 @@ def run_lock(run_dir: Path, *, enabled: bool = True) -> Iterator[None]:
         yield
         return
     lock = Path(run_dir) / LOCK_NAME
-    descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as error:
+        raise LhConvertError(f"cannot lock the run folder {run_dir} ({error.strerror or error}); "
+                             f"it must be writable by you") from None
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)

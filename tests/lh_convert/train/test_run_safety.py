@@ -276,3 +276,10 @@ def test_disk_full_while_exporting_is_one_line(setup, tmp_path: Path, monkeypatc
                                              rf"the write needed about [\d.]+ [KM]B"):
         export(run=run, out=tmp_path / "exports" / "plain", verify=False)
     assert list((tmp_path / "exports").iterdir()) == []
+
+
+def test_a_run_folder_that_cannot_be_locked_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / LOCK_NAME).mkdir()  # in the way of the lock file, as a read-only folder would be
+    with pytest.raises(LhConvertError, match="cannot lock the run folder"):
+        with run_lock(tmp_path):
+            pass
