@@ -203,7 +203,8 @@ def test_disk_full_while_converting_is_one_line(make_tiny_checkpoint, tmp_path: 
     assert list(out.iterdir()) == []
 
 
-def test_a_second_ctrl_c_during_the_save_waits_for_the_checkpoint(setup, monkeypatch) -> None:
+def test_a_second_ctrl_c_during_the_save_waits_for_the_checkpoint(setup,
+                                                                  monkeypatch) -> None:
     from lh_convert.train import checkpoint as train_state
     from lh_convert.train import loss as loss_module
 
