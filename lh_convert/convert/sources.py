@@ -19,7 +19,8 @@ import torch
 from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors import SafetensorError
-from transformers import AutoConfig, AutoModelForCausalLM, GgufConfig, PretrainedConfig, PreTrainedModel
+from transformers import (AutoConfig, AutoModelForCausalLM, GgufConfig, PretrainedConfig,
+                          PreTrainedModel)
 
 from ..util.atomic import atomic_directory
 from ..util.errors import LhConvertError

@@ -30,7 +30,8 @@ def refuse_custom_code(folder: Path) -> None:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue  # missing or unreadable: the load itself reports that
         if isinstance(raw, dict) and raw.get("auto_map"):
-            classes = ", ".join(sorted(raw["auto_map"])) if isinstance(raw["auto_map"], dict) else ""
+            named = raw["auto_map"]
+            classes = ", ".join(sorted(named)) if isinstance(named, dict) else ""
             raise LhConvertError(
                 f"{file} has auto_map ({classes or 'custom classes'}): the folder ships its own "
                 f"Python code, which lh-convert never runs; use a model of a built-in "
