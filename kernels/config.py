@@ -8,6 +8,10 @@ from dataclasses import asdict, dataclass
 COMBINE_RULES = ("sum", "mean", "finest")
 
 
+# No coarsest pyramid entry pools more than 2**24 tokens (16M: longer than any model's context),
+# so a typo such as levels=100000 is refused before any arithmetic on p**(L-1).
+MAX_WINDOW_BITS = 24
+
 @dataclass(frozen=True)
 class LighthouseConfig:
     """Parameters of one Lighthouse attention call (SPEC §2).
@@ -42,6 +46,11 @@ class LighthouseConfig:
             return f"levels={self.levels}: needs levels >= 2 (try levels=3)"
         if self.pooling < 2 or self.pooling & (self.pooling - 1):
             return f"pooling={self.pooling}: needs a power of two >= 2 (try pooling=4)"
+        most = 1 + MAX_WINDOW_BITS // (self.pooling.bit_length() - 1)
+        if self.levels > most:
+            return (f"levels={self.levels}: with pooling={self.pooling} a coarsest entry would "
+                    f"pool more than 2**{MAX_WINDOW_BITS} tokens, longer than any context; use "
+                    f"levels between 2 and {most}")
         if self.tile < 2 or self.tile & (self.tile - 1):
             return f"tile={self.tile}: needs a power of two (try tile=128)"
         if self.tile // 2 < self.pooling:

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .convert.run_model import load_run_model
 from .convert.sources import load_config, load_model, load_tokenizer, resolve_source
@@ -25,6 +24,7 @@ from .export.to_hf import export
 from .train.data import DataSpec
 from .train.recipes import load_recipe
 from .train.stages import extend, recover
+from .util import hf_load
 from .util.errors import LhConvertError
 
 PARAGRAPH = ("The history of the lighthouse goes back to the ancient world. The Pharos of "
@@ -64,8 +64,8 @@ def run_demo(*, workdir: Path, model: str, ctx: int, echo: Callable[[str], None]
     echo(f"      probe: {report.summary()}")
     echo(f"[3/6] exporting a plain dense checkpoint -> {export_dir}")
     exported = export(run=run_dir, out=export_dir)
-    plain = AutoModelForCausalLM.from_pretrained(export_dir, dtype=torch.float32).eval()
-    after = text_loss(plain, AutoTokenizer.from_pretrained(export_dir))
+    plain = hf_load.load_causal_lm(export_dir, dtype=torch.float32).eval()
+    after = text_loss(plain, hf_load.load_tokenizer(export_dir))
     echo(f"      reloaded in a fresh process without lh_convert: max |logit diff| = "
          f"{exported.max_abs_diff:.3g}; paragraph loss {after:.3f} (before {before:.3f}; the "
          f"RoPE change alone, before any training)")

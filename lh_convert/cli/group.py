@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import click
 
 from .. import __version__
+from ..util.atomic import disk_full_error
 from ..util.errors import LhConvertError
 from .params import LAYERS
 
@@ -20,6 +22,13 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except LhConvertError as error:
             click.echo(f"error: {error}", err=True)
+            sys.exit(2)
+        except OSError as error:  # a full disk anywhere (a log line, the token cache) is one line
+            where = Path(error.filename).parent if error.filename else Path.cwd()
+            full = disk_full_error(error, folder=where)
+            if full is None:
+                raise
+            click.echo(f"error: {full}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted; nothing half-written was left behind", err=True)

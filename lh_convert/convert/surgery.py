@@ -17,6 +17,7 @@ import torch
 from lighthouse_kernels.config import LighthouseConfig
 
 from ..util.atomic import atomic_directory, check_output_folder
+from ..util.checksums import write_checksums
 from ..util.errors import LhConvertError
 from .manifest import INITS, RunManifest
 from .rope import DEFAULT_ROPE_METHOD, apply_rope_change, plan_rope_change
@@ -117,8 +118,10 @@ def convert(*, model: str, ctx: int, out: Path, rope: str = DEFAULT_ROPE_METHOD,
         dtype=str(next(network.parameters()).dtype).removeprefix("torch."),
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
-    with atomic_directory(out) as staging:
+    weight_bytes = sum(p.numel() * p.element_size() for p in network.parameters())
+    with atomic_directory(out, needed=weight_bytes) as staging:
         network.save_pretrained(staging, max_shard_size=MAX_SHARD_SIZE)
         tokenizer.save_pretrained(staging)
         manifest.write(staging)
+        write_checksums(staging)
     return ConvertResult(run_dir=out, manifest=manifest, seconds=time.perf_counter() - started)

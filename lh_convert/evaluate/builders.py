@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..train.data import DataSpec, tokenize_corpus
+from ..util import hf_load
 from ..util.atomic import write_json_atomic, write_text_atomic
 from ..util.errors import LhConvertError
 from ..util.paths import cache_dir
@@ -137,9 +138,7 @@ def options_from_metadata(metadata: Mapping[str, Any]) -> tuple[EvalDataOptions,
                              "--model_args pretrained=DIR or --metadata '{\"tokenizer\": \"DIR\"}'")
     max_length = metadata.get("max_length")
     if max_length is None:
-        from transformers import AutoConfig
-
-        max_length = getattr(AutoConfig.from_pretrained(tokenizer), "max_position_embeddings", None)
+        max_length = getattr(hf_load.load_config(tokenizer), "max_position_embeddings", None)
         if max_length is None:
             raise LhConvertError(f"{tokenizer} has no max_position_embeddings; pass "
                                  "--metadata '{\"max_length\": N}' with the model's context")
@@ -443,9 +442,7 @@ def _clean_cut(tokenizer: Any, text: str, ids: Sequence[int], offsets: Sequence[
 
 @functools.lru_cache(maxsize=4)
 def _load_tokenizer(folder: str) -> Any:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = hf_load.load_tokenizer(folder)
     if not tokenizer.is_fast:
         raise LhConvertError(f"the tokenizer in {folder} is not a fast tokenizer, which the "
                              "long-context builders need for token offsets; save it with "

@@ -18,19 +18,24 @@ PNG plots: retrieval accuracy (depth x length) per model, and loss by position.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
+import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..util import hf_load
 from ..util.errors import LhConvertError
+from ..util.checksums import verify_checksums
+from ..util.formats import verify_safetensors_dir
 from ..util.hub import HUB_TIMEOUT_S, call_with_deadline, short_reason
 from ..util.paths import shipped_folder
 from .builders import TASKS, EvalDataOptions, build_task_data, read_meta
@@ -86,6 +91,10 @@ def run_eval(*, model: Path, out: Path, suite: str = "long-context",
         if not source.is_dir():
             raise LhConvertError(f"model folder {source} does not exist; pass a Hugging Face "
                                  "checkpoint folder or a run folder from `lh-convert convert`")
+    for folder in (Path(out), *Path(out).parents):
+        if folder.exists() and not folder.is_dir():
+            raise LhConvertError(f"--out {out}: {folder} is a file, not a folder; pass a folder "
+                                 f"for the results (it is created if missing)")
     if suite != "long-context":
         check_short_datasets(echo=echo)
     from lm_eval.models.huggingface import HFLM
@@ -97,7 +106,9 @@ def run_eval(*, model: Path, out: Path, suite: str = "long-context",
                                                          echo=echo)
         echo(f"  {loaded.config.model_type}, {loaded.num_parameters() / 1e6:.1f}M parameters, "
              f"dense SDPA, context {max_length:,} tokens")
-        lm = HFLM(pretrained=loaded, tokenizer=tokenizer, max_length=max_length, batch_size=1)
+        with _quiet_logger("lm_eval.models.huggingface"):  # its notes on a model object we pass
+            lm = HFLM(pretrained=loaded, tokenizer=tokenizer, max_length=max_length, batch_size=1,
+                      trust_remote_code=False)
         results.append(evaluate_lm(
             lm=lm, label=label, source=str(source), tokenizer_dir=source, max_length=max_length,
             suite=suite, lengths=lengths, data_dir=Path(out) / "data" / slug(label),
@@ -111,6 +122,17 @@ def run_eval(*, model: Path, out: Path, suite: str = "long-context",
     return EvalReport(models=results, files=files)
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
 def load_dense_model(*, path: Path, device: str, dtype: torch.dtype | None = None,
                      echo: Echo = print) -> tuple[Any, Any, int]:
     """(model, tokenizer, context in tokens) of a checkpoint or run folder, dense everywhere.
@@ -119,8 +141,6 @@ def load_dense_model(*, path: Path, device: str, dtype: torch.dtype | None = Non
     `load_run_model(lighthouse=False)`; its context is the larger of the config's
     `max_position_embeddings` and the run's target (dynamic RoPE keeps the former small).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     path = Path(path)
     dtype = dtype or (torch.float32 if device == "cpu" else None)
     if (path / "manifest.json").is_file():
@@ -132,14 +152,16 @@ def load_dense_model(*, path: Path, device: str, dtype: torch.dtype | None = Non
         echo(f"  run folder: {report.summary()}")
         context = max(model.config.max_position_embeddings, manifest.target_context)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto",
-                                                     attn_implementation="sdpa").to(device)
+        verify_safetensors_dir(path)  # safetensors only, as convert: never a pickle
+        verify_checksums(path, fix="export or download that model again")
+        model = hf_load.load_causal_lm(path, dtype=dtype or "auto", use_safetensors=True,
+                                       attn_implementation="sdpa").to(device)
         context = getattr(model.config, "max_position_embeddings", None)
         if context is None:
             raise LhConvertError(f"{path}/config.json has no max_position_embeddings; add the "
                                  "model's context length to it")
     model.eval()
-    return model, AutoTokenizer.from_pretrained(path), int(context)
+    return model, hf_load.load_tokenizer(path), int(context)
 
 
 def evaluate_lm(*, lm: Any, label: str, source: str, tokenizer_dir: Path, max_length: int,

@@ -23,14 +23,15 @@ from pathlib import Path
 import torch
 from huggingface_hub import HfApi
 from safetensors.torch import save_file
-from transformers import AutoTokenizer
 
 from .. import __version__
 from ..convert.run_model import load_run_model
 from ..convert.settings import CONFIG_KEY
 from ..convert.surgery import MAX_SHARD_SIZE
 from ..train.checkpoint import latest_checkpoint
+from ..util import hf_load
 from ..util.atomic import atomic_directory, check_output_folder
+from ..util.checksums import write_checksums
 from ..util.errors import LhConvertError
 from .model_card import CARD_NAME, build_model_card
 from .publish import PushRequest, PushResult, plan_push, push_folder, resolve_token
@@ -50,7 +51,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 folder, reference = sys.argv[1], sys.argv[2]
 expected = load_file(reference)
-model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                             trust_remote_code=False).eval()
 with torch.no_grad():
     logits = model(input_ids=expected["input_ids"], use_cache=False).logits
 print(json.dumps({"max_abs_diff": (logits - expected["logits"]).abs().max().item(),
@@ -107,7 +109,7 @@ def export(*, run: Path, out: Path, verify: bool = True, push: PushRequest | Non
     model, manifest, _ = load_run_model(run, lighthouse=False, dtype=None,
                                         checkpoint=latest_checkpoint(run))
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(run)
+    tokenizer = hf_load.load_tokenizer(run)
     input_ids = tokenizer(VERIFY_TEXT, return_tensors="pt").input_ids[:, :64]
     with torch.no_grad():  # the run's own dense forward (every layer dense, probed)
         expected = model.float()(input_ids=input_ids, use_cache=False).logits
@@ -118,10 +120,12 @@ def export(*, run: Path, out: Path, verify: bool = True, push: PushRequest | Non
     model.to(getattr(torch, manifest.dtype))
     card = build_model_card(run_dir=Path(run), manifest=manifest,
                             repo_id=push.repo_id if push is not None else None)
-    with atomic_directory(Path(out)) as staging:
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    with atomic_directory(Path(out), needed=weight_bytes) as staging:
         model.save_pretrained(staging, max_shard_size=MAX_SHARD_SIZE)
         tokenizer.save_pretrained(staging)
         (staging / CARD_NAME).write_text(card, encoding="utf-8")
+        write_checksums(staging)
         saved = json.loads((staging / "config.json").read_text())
         leftover = [key for key in FORBIDDEN_CONFIG_KEYS if key in saved]
         if leftover:

@@ -8,6 +8,9 @@ A checkpoint is a folder ``RUN_DIR/checkpoints/step-NNNNNNN`` holding
 - ``rng.safetensors``: torch CPU (and CUDA) generator states;
 - ``state.json``: stage, step, tokens seen, the data position and the schedule position.
 
+and ``checksums.json``, the sha256 of each of those files, checked on every load (which also
+refuses non-finite weights; a save refuses them too, so a checkpoint is always a good one).
+
 No pickles anywhere. Each folder is written under a temporary name and renamed into place, so
 a crash or a full disk during a save leaves the previous checkpoints intact; only after the
 rename are checkpoints beyond the newest ``keep`` removed.
@@ -18,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -26,7 +29,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..util.atomic import atomic_directory
+from ..util.checksums import verify_checksums, write_checksums
 from ..util.errors import LhConvertError
+from ..util.interrupts import sigint_deferred
 from ..util.formats import verify_safetensors_dir
 
 CHECKPOINTS = "checkpoints"
@@ -96,17 +101,26 @@ def save_checkpoint(run_dir: Path, *, model_state: dict[str, torch.Tensor], opti
     final = checkpoint_path(run_dir, state.step)
     if final.exists():  # re-saving the same step (e.g. Ctrl-C right after a save)
         return final
+    bad = _non_finite(model_state)
+    if bad is not None:
+        kept = latest_checkpoint(run_dir)
+        raise LhConvertError(f"the weights became non-finite ({bad}) by step {state.step}; stopped "
+                             f"without saving (last good checkpoint: "
+                             f"{kept.name if kept else 'none'}); lower the learning rate")
     # Clone: tied weights share storage, which safetensors refuses to write twice.
     weights = {k: v.detach().cpu().clone().contiguous() for k, v in model_state.items()}
     optim_tensors, optim_meta = _flatten_optimizer(optim_state)
-    with atomic_directory(final) as staging:
-        save_file(weights, str(staging / "model.safetensors"))
-        save_file(optim_tensors, str(staging / "optimizer.safetensors"))
-        (staging / "optimizer.json").write_text(json.dumps(optim_meta, indent=1))
-        save_file(_rng_state(), str(staging / "rng.safetensors"))
-        (staging / "state.json").write_text(json.dumps(asdict(state), indent=2))
-    for old in checkpoint_dirs(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    needed = sum(t.numel() * t.element_size() for t in [*weights.values(), *optim_tensors.values()])
+    with sigint_deferred():  # a Ctrl-C meanwhile stops the run once this checkpoint is whole
+        with atomic_directory(final, needed=needed) as staging:
+            save_file(weights, str(staging / "model.safetensors"))
+            save_file(optim_tensors, str(staging / "optimizer.safetensors"))
+            (staging / "optimizer.json").write_text(json.dumps(optim_meta, indent=1))
+            save_file(_rng_state(), str(staging / "rng.safetensors"))
+            (staging / "state.json").write_text(json.dumps(asdict(state), indent=2))
+            write_checksums(staging)
+        for old in checkpoint_dirs(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -122,22 +136,60 @@ class LoadedCheckpoint:
 def load_checkpoint(path: Path) -> LoadedCheckpoint:
     """Read a checkpoint folder; a clear error if any part is missing or corrupt."""
     path = Path(path)
+    fix = previous_checkpoint_hint(path)
     try:
         verify_safetensors_dir(path)
-        state = TrainState(**json.loads((path / "state.json").read_text()))
+        verify_checksums(path, fix=fix)
+        state = _train_state(json.loads((path / "state.json").read_text()))
         meta = json.loads((path / "optimizer.json").read_text())
-        return LoadedCheckpoint(path=path, state=state,
-                                model_state=load_file(str(path / "model.safetensors")),
+        model_state = load_file(str(path / "model.safetensors"))
+        bad = _non_finite(model_state)
+        if bad is not None:
+            raise LhConvertError(f"checkpoint {path} holds non-finite weights ({bad}); {fix}")
+        return LoadedCheckpoint(path=path, state=state, model_state=model_state,
                                 optim_state=_unflatten_optimizer(
                                     load_file(str(path / "optimizer.safetensors")), meta),
                                 rng=load_file(str(path / "rng.safetensors")))
     except LhConvertError as error:
-        raise LhConvertError(f"checkpoint {path} is corrupt: {error}; delete that folder to resume "
-                             f"from the previous checkpoint") from None
+        if fix in str(error):  # already says what to do
+            raise
+        raise LhConvertError(f"checkpoint {path} is corrupt: {error}; {fix}") from None
     except (OSError, ValueError, TypeError, KeyError, SafetensorError) as error:
         raise LhConvertError(f"checkpoint {path} is corrupt or incomplete ({type(error).__name__}: "
-                             f"{error}); delete that folder to resume from the previous "
-                             f"checkpoint") from None
+                             f"{error}); {fix}") from None
+
+
+def previous_checkpoint_hint(path: Path) -> str:
+    """What to do about a bad checkpoint: delete it and resume from the one before it."""
+    path = Path(path)
+    older = [p for p in checkpoint_dirs(path.parent.parent) if p.name < path.name]
+    then = (f"resume from the previous checkpoint ({older[-1].name})" if older
+            else "start the stage again from the converted weights")
+    return f"delete that folder ({path.name}) to {then}"
+
+
+def _train_state(raw: object) -> TrainState:
+    """``state.json`` read strictly: every field present, with its type."""
+    wanted = {field.name: field.type for field in fields(TrainState)}
+    if not isinstance(raw, dict) or set(raw) != set(wanted):
+        raise ValueError(f"state.json must hold exactly the fields {', '.join(wanted)}")
+    for name, kind in wanted.items():
+        expected = int if kind == "int" else str
+        if type(raw[name]) is not expected:
+            raise ValueError(f"state.json field {name} is {raw[name]!r}, not an {kind}"
+                             if kind == "int" else f"state.json field {name} is {raw[name]!r}, "
+                             f"not a string")
+    return TrainState(**raw)
+
+
+def _non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The first tensor holding a NaN or an infinity, as 'NAME has N non-finite values'."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point():
+            count = int((~torch.isfinite(tensor)).sum())
+            if count:
+                return f"{name} has {count} NaN or infinite values"
+    return None
 
 
 def restore_rng(rng: dict[str, torch.Tensor]) -> None:

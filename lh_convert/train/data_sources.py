@@ -75,12 +75,19 @@ def _sources_for(spec_path: str) -> list[DataSource]:
                 "point --data at the files to train on"
             )
         return sources
-    if HUB_ID.fullmatch(spec_path) and not spec_path.startswith((".", "~")):
+    if HUB_ID.fullmatch(spec_path) and not looks_like_path(spec_path):
         return [_hub_dataset_source(spec_path)]
     raise LhConvertError(
         f"data path {spec_path} does not exist; pass existing {supported} files or folders, "
         "a saved datasets folder, or a hub dataset id org/name"
     )
+
+
+def looks_like_path(spec_path: str) -> bool:
+    """Meant as a file system path, never a hub id: starts with ``.``, ``~`` or ``/``, or ends
+    in a data file's suffix."""
+    return (spec_path.startswith((".", "~", "/"))
+            or Path(spec_path).suffix.lower() in (*_KINDS, ".json", ".csv", ".gz", ".zst"))
 
 
 def file_source(path: Path, name: str) -> DataSource:
@@ -229,10 +236,30 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
 
 
 def _parquet_documents(path: Path, text_field: str) -> Iterator[str | None]:
-    import pyarrow.parquet as parquet
+    import pyarrow
 
-    table = parquet.ParquetFile(path)
+    table = open_parquet(path)
     if text_field not in table.schema_arrow.names:
         raise _missing_column(str(path), text_field, table.schema_arrow.names)
-    for batch in table.iter_batches(batch_size=1000, columns=[text_field]):
-        yield from batch.column(0).to_pylist()
+    try:
+        for batch in table.iter_batches(batch_size=1000, columns=[text_field]):
+            yield from batch.column(0).to_pylist()
+    except (pyarrow.ArrowException, OSError) as error:
+        raise _bad_parquet(path, error) from None
+
+
+def open_parquet(path: Path) -> Any:
+    """A ``pyarrow.parquet.ParquetFile`` (footer and schema read), or a one-line error."""
+    import pyarrow
+    import pyarrow.parquet as parquet
+
+    try:
+        return parquet.ParquetFile(path)
+    except (pyarrow.ArrowException, OSError) as error:
+        raise _bad_parquet(path, error) from None
+
+
+def _bad_parquet(path: Path, error: Exception) -> LhConvertError:
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return LhConvertError(f"data file {path} is not a readable parquet file ({reason}); "
+                          f"write it again, or remove it from --data")

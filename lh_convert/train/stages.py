@@ -17,8 +17,11 @@ from ..convert.manifest import MANIFEST_NAME, read_manifest
 from ..convert.surgery import convert
 from ..util.atomic import write_json_atomic
 from ..util.errors import LhConvertError
+from ..util.run_lock import run_lock
+from .checkpoint import latest_checkpoint
 from .data import DataSpec
 from .distributed import barrier, init_distributed
+from .preflight import check_inputs, resolved_data
 from .recipes import Recipe, parse_recipe
 from .trainer import DENSE_STAGE, LIGHTHOUSE_STAGE, StageResult, run_stage
 
@@ -30,8 +33,12 @@ def read_record(run_dir: Path) -> tuple[Recipe, DataSpec] | None:
     path = Path(run_dir) / RECIPE_RECORD
     if not path.is_file():
         return None
-    data = json.loads(path.read_text())
-    return (parse_recipe(data["recipe"], where=str(path)), DataSpec(**data["data"]))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return (parse_recipe(data["recipe"], where=str(path)), DataSpec(**data["data"]))
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        raise LhConvertError(f"{path} is damaged ({type(error).__name__}: {error}); restore it, "
+                             f"or train a new --out") from None
 
 
 def _write_record(run_dir: Path, recipe: Recipe, data: DataSpec) -> None:
@@ -46,15 +53,17 @@ def extend(*, recipe: Recipe, out: Path, data: DataSpec, echo: Callable[[str], N
     env = init_distributed()
     out = Path(out)
     ctx = recipe.ctx
+    data = resolved_data(data)
+    check_inputs(recipe=recipe, data=data, world=env.world)  # before a conversion pins them
     if (out / MANIFEST_NAME).is_file():
         manifest = read_manifest(out)
         if manifest.source.get("spec") != recipe.model or manifest.target_context != ctx:
             raise LhConvertError(
                 f"{out} holds a run of {manifest.source.get('spec')} at {manifest.target_context} "
-                f"tokens, not {recipe.model} at {ctx}; choose a new --out")
+                f"tokens, not {recipe.model} at {ctx}; {_new_out_or_restart(out)}")
         if manifest.init["kind"] != recipe.init:
             raise LhConvertError(f"{out} holds a run with {manifest.init['kind']} weights, not "
-                                 f"{recipe.init}; choose a new --out")
+                                 f"{recipe.init}; {_new_out_or_restart(out)}")
         recorded = read_record(out)
         if recorded is not None:
             recipe, data = _merge_resume(recorded, recipe, data, out)
@@ -65,23 +74,35 @@ def extend(*, recipe: Recipe, out: Path, data: DataSpec, echo: Callable[[str], N
             convert(model=recipe.model, ctx=ctx, out=out, rope=recipe.rope,
                     settings=recipe.lighthouse, init=recipe.init, seed=recipe.train.seed)
         barrier(env)
-    if env.main:
-        _write_record(out, recipe, data)
-    barrier(env)
-    return run_stage(run_dir=out, recipe=recipe, stage=LIGHTHOUSE_STAGE, data=data, env=env,
-                     echo=echo, progress=progress, stop_after=stop_after)
+    with run_lock(out, enabled=env.main):
+        if env.main:
+            _write_record(out, recipe, data)
+        barrier(env)
+        return run_stage(run_dir=out, recipe=recipe, stage=LIGHTHOUSE_STAGE, data=data, env=env,
+                         echo=echo, progress=progress, stop_after=stop_after)
+
+
+def _new_out_or_restart(out: Path) -> str:
+    """The way out of a mismatch: a new folder, or (for a run that never trained) a fresh start."""
+    if latest_checkpoint(out) is None:
+        return (f"it never completed a step, so delete it (rm -r {out}) and run again to start "
+                f"over, or choose a new --out")
+    return "choose a new --out"
 
 
 def _merge_resume(recorded: tuple[Recipe, DataSpec], recipe: Recipe, data: DataSpec,
                   out: Path) -> tuple[Recipe, DataSpec]:
-    """On resume the recorded data wins (the data order must not change); step counts may grow."""
+    """On resume the recorded data wins (the data order must not change); step counts may grow.
+    A run that never completed a step takes the new inputs: it is a restart, not a resume."""
     old_recipe, old_data = recorded
+    if recipe.lighthouse != old_recipe.lighthouse:
+        raise LhConvertError(f"{out} was converted with other Lighthouse settings; resume it "
+                             f"without changing them, or {_new_out_or_restart(out)}")
+    if latest_checkpoint(out) is None:
+        return recipe, data
     if data.paths and data != old_data:
         raise LhConvertError(f"{out} was trained on {old_data.paths or 'the built-in corpus'}; "
                              f"resume it without --data, or use a new --out")
-    if recipe.lighthouse != old_recipe.lighthouse:
-        raise LhConvertError(f"{out} was converted with other Lighthouse settings; resume it "
-                             f"without changing them, or use a new --out")
     return recipe, old_data
 
 
@@ -95,11 +116,12 @@ def recover(*, run: Path, steps: int | None, echo: Callable[[str], None], cp: in
     env = init_distributed()
     recorded, data = _recorded(run)
     recipe = _with_recovery_steps(recorded, steps)
-    if steps is not None and env.main:
-        _write_record(run, recipe, data)
-    recipe = recipe.with_train(cp=cp)
-    return run_stage(run_dir=run, recipe=recipe, stage=DENSE_STAGE, data=data, env=env,
-                     echo=echo, progress=progress, stop_after=stop_after)
+    with run_lock(run, enabled=env.main):
+        if steps is not None and env.main:
+            _write_record(run, recipe, data)
+        recipe = recipe.with_train(cp=cp)
+        return run_stage(run_dir=run, recipe=recipe, stage=DENSE_STAGE, data=data, env=env,
+                         echo=echo, progress=progress, stop_after=stop_after)
 
 
 def _recorded(run: Path) -> tuple[Recipe, DataSpec]:

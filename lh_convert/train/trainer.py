@@ -30,6 +30,7 @@ from torch.distributed.checkpoint.state_dict import (
 from ..convert.attention import set_lighthouse_settings
 from ..convert.manifest import read_manifest
 from ..convert.run_model import load_run_model
+from ..util import hf_load
 from ..util.determinism import deterministic_algorithms
 from ..util.errors import LhConvertError
 from ..util.paths import cache_dir
@@ -44,10 +45,12 @@ from .checkpoint import (
 )
 from .data import DataSpec, tokenize_corpus
 from .distributed import Dist
+from .housekeeping import tidy_run
 from .metrics import METRICS, append_metrics, plot_run, read_metrics, rewrite_metrics
 from .outlook import recovery_note
 from .packing import PackedSequences, batch_iterator
 from .parallelize import parallelize
+from .preflight import pin_data
 from .recipes import Recipe
 from .schedule import learning_rate, lighthouse_at
 
@@ -76,6 +79,8 @@ def run_stage(*, run_dir: Path, recipe: Recipe, stage: str, data: DataSpec, env:
     ``stop_after`` ends the run early after that many steps (tests; the checkpoint is saved).
     With ``train.deterministic`` the stage runs under ``torch.use_deterministic_algorithms``.
     """
+    if env.main:
+        tidy_run(run_dir, keep=recipe.train.keep_checkpoints)
     with deterministic_algorithms(True) if recipe.train.deterministic else contextlib.nullcontext():
         trainer = Trainer(run_dir=run_dir, recipe=recipe, stage=stage, data=data, env=env,
                           echo=echo, progress=progress)
@@ -150,10 +155,10 @@ class Trainer:
         self._open_data()
 
     def _open_data(self) -> None:
-        from transformers import AutoTokenizer
-
-        corpus = tokenize_corpus(spec=self.data, tokenizer=AutoTokenizer.from_pretrained(self.run_dir),
+        corpus = tokenize_corpus(spec=self.data, tokenizer=hf_load.load_tokenizer(self.run_dir),
                                  cache_dir=cache_dir() / "tokens", progress=self.progress)
+        if self.env.main:
+            pin_data(self.run_dir, corpus=corpus, trained=self.step > 0)
         self.samples = PackedSequences(corpus.train, seq_len=self.seq_len)
         self.validation = PackedSequences(corpus.validation, seq_len=self.seq_len)
         if self.env.main:

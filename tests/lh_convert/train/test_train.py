@@ -324,7 +324,7 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(make_tiny_checkpoin
         return real_save(tensors, path, *args, **kwargs)
 
     monkeypatch.setattr(train_state, "save_file", failing_save)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(LhConvertError, match="checkpoints is full"):
         extend(recipe=recipe, out=run, data=DataSpec(paths=(str(corpus),)), echo=print,
                progress=False)
     kept = latest_checkpoint(run)

@@ -146,7 +146,8 @@ def test_write_text_atomic_keeps_the_old_file_when_the_write_fails(tmp_path: Pat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(atomic.os, "fsync", failing_fsync)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(LhConvertError, match=rf"the disk holding {tmp_path} is full: the write "
+                                             r"needed about 4 bytes"):
         write_text_atomic(target, "new\n")
     assert target.read_text() == "old\n"
     assert _entries(tmp_path) == ["metrics.jsonl"]
