@@ -98,20 +98,26 @@ def export(run: Path, out: Path, verify: bool, push_to_hub: str | None, private:
 
 
 def _recipe_from_flags(recipe: str | None, model: str | None, ctx: int | None,
-                       init: str | None = None, **train: object):
-    """The recipe named (or one built from --model/--ctx) with the flags' overrides applied."""
+                       init: str | None = None, *, pinned=None, sets: tuple[str, ...] = (),
+                       **train: object):
+    """The recipe named (or one built from --model/--ctx, or a run's ``pinned`` one) with the
+    flags' and ``--set``'s overrides applied."""
     from ..train.recipes import Recipe, load_recipe
+    from ..train.resume_settings import apply_sets
 
     if recipe is not None:
         chosen = load_recipe(recipe)
+    elif pinned is not None and model is None and ctx is None:
+        chosen = pinned
     elif model is None or ctx is None:
         raise LhConvertError("pass --model and --ctx, or a --recipe that names them "
-                             "(see recipes/)")
+                             "(see `lh-convert recipes`)")
     else:
         chosen = Recipe(name="custom", description="command-line settings", model=model, ctx=ctx)
     chosen = chosen.with_train(**train)
-    return dataclasses.replace(chosen, model=model or chosen.model, ctx=ctx or chosen.ctx,
-                               init=init or chosen.init)
+    chosen = dataclasses.replace(chosen, model=model or chosen.model, ctx=ctx or chosen.ctx,
+                                 init=init or chosen.init)
+    return apply_sets(chosen, sets)
 
 
 def _recipe_options(function):
@@ -127,6 +133,9 @@ def _recipe_options(function):
         click.option("--grad-accum", type=int, default=None, help="Gradient accumulation steps."),
         click.option("--micro-batch-size", type=int, default=None, help="Sequences per micro-batch."),
         CP_OPTION,
+        click.option("--set", "sets", multiple=True, metavar="TABLE.FIELD=VALUE",
+                     help="Override any recipe field, typed as in a recipe file "
+                          "(e.g. --set train.lr=1e-4 --set train.schedule=linear)."),
     ]):
         function = option(function)
     return function
@@ -141,21 +150,29 @@ def _recipe_options(function):
 @click.option("--data", multiple=True,
               help="Training data: .txt/.jsonl/.parquet files or folders, a `datasets` "
                    "folder, or a hub dataset id. Default: the Python standard library.")
+@click.option("--override", is_flag=True,
+              help="On a resume, allow settings that differ from the run's recipe.json (the "
+                   "change is logged in metrics.jsonl).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit without training.")
 def extend(out: Path, recipe: str | None, model: str | None, ctx: int | None, init: str | None,
-           data: tuple[str, ...], dry_run: bool, **train: object) -> None:
-    """Convert (if needed) and train stage 1 with Lighthouse; re-run to resume."""
+           data: tuple[str, ...], override: bool, dry_run: bool, **train: object) -> None:
+    """Convert (if needed) and train stage 1 with Lighthouse; `extend --out RUN_DIR` alone
+    resumes with the run's pinned recipe.json."""
     from ..train.data import DataSpec
     from ..train.stages import extend as run_extend
+    from ..train.stages import read_record
 
-    chosen = _recipe_from_flags(recipe, model, ctx, init, **train)
+    recorded = read_record(out)
+    chosen = _recipe_from_flags(recipe, model, ctx, init,
+                                pinned=recorded[0] if recorded else None, **train)
     if dry_run:
         _print_plan(chosen)
         return
-    if not data:
+    if not data and recorded is None:
         echo_once("data: none given, training on the built-in corpus (this Python's standard "
                   "library source, held-out split by file)")
-    result = run_extend(recipe=chosen, out=out, data=DataSpec(paths=data), echo=click.echo)
+    result = run_extend(recipe=chosen, out=out, data=DataSpec(paths=data), echo=click.echo,
+                        override=override)
     echo_once(f"stage 1: {result.steps_run} steps in {result.seconds:.0f}s, now at step "
               f"{result.final_step}; loss curves in {out / 'loss.png'}")
 

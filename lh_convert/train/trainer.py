@@ -49,6 +49,7 @@ from .outlook import recovery_note
 from .packing import PackedSequences, batch_iterator
 from .parallelize import parallelize
 from .recipes import Recipe
+from .resume_settings import interrupted_line
 from .schedule import learning_rate, lighthouse_at
 
 LIGHTHOUSE_STAGE, DENSE_STAGE = "lighthouse", "dense"
@@ -315,6 +316,8 @@ class Trainer:
             if self.step > self.start and latest_checkpoint(self.run_dir) != \
                     checkpoint_path(self.run_dir, self.step):
                 self.save()
+            if self.env.main:
+                self.echo(interrupted_line(self.run_dir, dense=self.stage == DENSE_STAGE))
             raise
         bar.close()
         if self.env.main:
