@@ -223,12 +223,14 @@ def _print_plan(recipe) -> None:
               default="long-context",
               help="long-context: passkey, needle in a haystack, loss by position (offline); "
                    "short: lm-eval's hellaswag, arc_easy, piqa (hub datasets).")
-@click.option("--lengths", type=TOKEN_LIST, default="4k,8k,16k,32k",
+@click.option("--lengths", type=TOKEN_LIST, default=None,
+              show_default="1k,2k on a CPU, 4k,8k,16k,32k on a GPU",
               help="Prompt lengths in tokens; those beyond the model's context are skipped.")
 @click.option("--baseline", type=click.Path(path_type=Path), default=None,
               help="A second model folder, evaluated the same way, shown side by side.")
 @click.option("--out", default="eval-results", type=click.Path(path_type=Path),
-              help="Results folder: results.md, PNG plots, lm-eval JSON, generated data.")
+              help="Results folder: results.md, PNG plots, lm-eval JSON, generated data, and "
+                   "the request cache (cache/): a re-run after Ctrl-C resumes.")
 @click.option("--limit", type=int, default=None, help="At most N rows per task (a quick look).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
               show_default="cuda if available, else cpu", help="Where the models run.")
@@ -237,7 +239,7 @@ def _print_plan(recipe) -> None:
 @click.option("--data", multiple=True,
               help="Data whose held-out documents make the haystacks and the loss-by-position "
                    "text (as extend's --data). Default: the built-in corpus.")
-def eval_(model: Path, suite: str, lengths: tuple[int, ...], baseline: Path | None, out: Path,
+def eval_(model: Path, suite: str, lengths: tuple[int, ...] | None, baseline: Path | None, out: Path,
           limit: int | None, device: str | None, samples: int, seed: int,
           data: tuple[str, ...]) -> None:
     """Evaluate a model (dense) through lm-eval: offline long-context suite, standard tasks."""
