@@ -9,5 +9,8 @@ bench). Importing the command modules registers their commands on ``main``.
 
 from . import pipeline, recipes_cmd, tools
 from .group import main
+from .verbosity_opts import add_verbosity_options
+
+add_verbosity_options(main)  # -q/-v on every command, before or after its name
 
 __all__ = ["main", "pipeline", "recipes_cmd", "tools"]

@@ -13,6 +13,7 @@ from ..convert.rope import DEFAULT_ROPE_METHOD, ROPE_METHODS
 from ..util.errors import LhConvertError
 from .group import CP_OPTION, INIT_OPTION, echo_once, lighthouse_options, main
 from .params import TOKEN_LIST, TOKENS
+from .verbosity_opts import REPORT_TO_OPTION
 
 
 @main.command(epilog="Example: lh-convert convert --model smollm2-135m-gguf --ctx 64k "
@@ -153,12 +154,15 @@ def _recipe_options(function):
 @click.option("--override", is_flag=True,
               help="On a resume, allow settings that differ from the run's recipe.json (the "
                    "change is logged in metrics.jsonl).")
+@REPORT_TO_OPTION
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit without training.")
 def extend(out: Path, recipe: str | None, model: str | None, ctx: int | None, init: str | None,
-           data: tuple[str, ...], override: bool, dry_run: bool, **train: object) -> None:
+           data: tuple[str, ...], override: bool, report_to: str, dry_run: bool,
+           **train: object) -> None:
     """Convert (if needed) and train stage 1 with Lighthouse; `extend --out RUN_DIR` alone
     resumes with the run's pinned recipe.json."""
     from ..train.data import DataSpec
+    from ..train.reporting import reporting
     from ..train.stages import extend as run_extend
     from ..train.stages import read_record
 
@@ -171,8 +175,9 @@ def extend(out: Path, recipe: str | None, model: str | None, ctx: int | None, in
     if not data and recorded is None:
         echo_once("data: none given, training on the built-in corpus (this Python's standard "
                   "library source, held-out split by file)")
-    result = run_extend(recipe=chosen, out=out, data=DataSpec(paths=data), echo=click.echo,
-                        override=override)
+    with reporting(report_to, out, chosen.to_dict()):
+        result = run_extend(recipe=chosen, out=out, data=DataSpec(paths=data), echo=click.echo,
+                            override=override)
     echo_once(f"stage 1: {result.steps_run} steps in {result.seconds:.0f}s, now at step "
               f"{result.final_step}; loss curves in {out / 'loss.png'}")
 
@@ -184,15 +189,18 @@ def extend(out: Path, recipe: str | None, model: str | None, ctx: int | None, in
 @CP_OPTION
 @click.option("--dry-run", is_flag=True,
               help="Print the plan (with --steps and --cp applied) and exit without training.")
-def recover(run: Path, steps: int | None, cp: int | None, dry_run: bool) -> None:
+@REPORT_TO_OPTION
+def recover(run: Path, steps: int | None, cp: int | None, dry_run: bool, report_to: str) -> None:
     """Dense recovery stage: same weights and optimizer state, dense SDPA in every layer."""
+    from ..train.reporting import reporting
     from ..train.stages import recover as run_recover
     from ..train.stages import recovery_recipe
 
     if dry_run:
         _print_plan(recovery_recipe(run=run, steps=steps, cp=cp))
         return
-    result = run_recover(run=run, steps=steps, cp=cp, echo=click.echo)
+    with reporting(report_to, run, recovery_recipe(run=run, steps=steps, cp=cp).to_dict()):
+        result = run_recover(run=run, steps=steps, cp=cp, echo=click.echo)
     echo_once(f"recovery: {result.steps_run} steps in {result.seconds:.0f}s, now at step "
               f"{result.final_step}; export with `lh-convert export --run {run} --out DIR`")
 
