@@ -95,11 +95,15 @@ def resume_command(run_dir: Path, *, dense: bool) -> str:
     return f"lh-convert recover --run {run_dir}" if dense else f"lh-convert extend --out {run_dir}"
 
 
-def interrupted_line(run_dir: Path, *, dense: bool) -> str:
-    """What Ctrl-C says: the checkpoint kept and the exact command that resumes from it."""
+def interrupted_line(run_dir: Path, *, dense: bool, step: int) -> str:
+    """What Ctrl-C says after step ``step``: the checkpoint kept and the command that resumes."""
     from .checkpoint import latest_checkpoint  # torch: only a training process gets here
 
     newest = latest_checkpoint(run_dir)
-    kept = (f"checkpoint {newest.name} saved" if newest is not None
-            else "no checkpoint yet (the run restarts from its first step)")
+    if newest is None:
+        kept = "no checkpoint yet (a resume starts from the first step)"
+    elif newest.name == f"step-{step:07d}":
+        kept = f"checkpoint {newest.name} saved (step {step}, the last one finished)"
+    else:
+        kept = f"the newest checkpoint is {newest.name}"
     return f"interrupted: {kept}; resume with `{resume_command(run_dir, dense=dense)}`"

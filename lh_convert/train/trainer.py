@@ -317,7 +317,8 @@ class Trainer:
                     checkpoint_path(self.run_dir, self.step):
                 self.save()
             if self.env.main:
-                self.echo(interrupted_line(self.run_dir, dense=self.stage == DENSE_STAGE))
+                self.echo(interrupted_line(self.run_dir, dense=self.stage == DENSE_STAGE,
+                                           step=self.step))
             raise
         bar.close()
         if self.env.main:

@@ -131,5 +131,5 @@ def test_ctrl_c_names_the_checkpoint_and_the_resume_command(
     with pytest.raises(KeyboardInterrupt):
         extend(recipe=recipe, out=tmp_path / "run", data=DataSpec(paths=(str(corpus),)),
                echo=said.append, progress=False)
-    assert said[-1] == (f"interrupted: checkpoint step-0000002 saved; resume with "
-                        f"`lh-convert extend --out {tmp_path / 'run'}`")
+    assert said[-1] == (f"interrupted: checkpoint step-0000002 saved (step 2, the last one "
+                        f"finished); resume with `lh-convert extend --out {tmp_path / 'run'}`")
