@@ -38,6 +38,12 @@ def test_ci_runs_the_readme_test_command_as_written() -> None:
     assert "pip install" not in ci  # no private install step beside the README's
 
 
+def test_the_console_script_the_demo_command_calls_is_installed() -> None:
+    script = Path(sys.executable).with_name("lh-convert")  # what tests/lh_convert/test_demo.py runs
+    done = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("lh-convert, version "), done.stderr
+
+
 def test_constraints_pin_no_local_build_and_keep_triton_36() -> None:
     lines = [line.strip() for line in (REPO / ".ci" / "constraints.txt").read_text().splitlines()
              if line.strip() and not line.startswith("#")]

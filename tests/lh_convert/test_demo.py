@@ -12,13 +12,17 @@ import sys
 from pathlib import Path
 
 
+# The console script the install made, run as the README's demo command writes it.
+LH_CONVERT = Path(sys.executable).with_name("lh-convert")
+
+
 def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "lh_convert.cli", "demo", "--workdir",
-                           str(tmp_path / "demo")], capture_output=True, text=True, timeout=3000)
+    done = subprocess.run([str(LH_CONVERT), "demo"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=3000)
     assert done.returncode == 0, done.stderr[-3000:]
     for marker in ("[1/6]", "[3/6]", "max |logit diff| = 0", "[4/6]", "[5/6]", "[6/6]", "done in"):
         assert marker in done.stdout, (marker, done.stdout[-2000:])
-    demo = tmp_path / "demo"
+    demo = tmp_path / "lh-demo"  # the default folder
     for folder in ("real-exported", "tiny-exported"):
         config = json.loads((demo / folder / "config.json").read_text())
         assert "lighthouse" not in config and config["model_type"] == "llama"
