@@ -11,6 +11,7 @@ long context takes a GPU: a single 9K-token step takes about three minutes on tw
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from .convert.sources import load_config, load_model, load_tokenizer, resolve_so
 from .convert.surgery import convert
 from .export.to_hf import export
 from .train.data import DataSpec
+from .train.metrics import read_metrics
 from .train.recipes import load_recipe
 from .train.stages import extend, recover
 from .util import hf_load
@@ -40,11 +42,44 @@ def text_loss(model: torch.nn.Module, tokenizer, text: str = PARAGRAPH) -> float
     return model(input_ids=ids, labels=ids, use_cache=False).loss.item()
 
 
+# What a demo folder holds; a folder holding only these (or the marker) is an earlier demo's.
+DEMO_PARTS = frozenset({"real-run", "real-exported", "tiny-run", "tiny-exported"})
+DEMO_MARKER = ".lh-demo"
+
+
+def prepare_workdir(workdir: Path, echo: Callable[[str], None]) -> None:
+    """Create the demo folder; an earlier demo's folder is replaced, anything else refused."""
+    if workdir.exists():
+        children = {child.name for child in workdir.iterdir()}
+        if (workdir / DEMO_MARKER).is_file() or (children and children <= DEMO_PARTS):
+            echo(f"replacing the earlier demo in {workdir}")
+            shutil.rmtree(workdir)
+        elif children:
+            raise LhConvertError(f"{workdir} exists and is not a demo folder; pass another "
+                                 f"--workdir (an earlier demo's folder is replaced)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / DEMO_MARKER).write_text("made by lh-convert demo; a new demo replaces it\n")
+
+
+def validation_summary(run_dir: Path) -> str:
+    """Stage 1's last validation loss, the same weights with dense attention (the switch), and
+    recovery's last, from ``metrics.jsonl``: held-out losses, not single training batches."""
+    evals = [r for r in read_metrics(run_dir) if r.get("kind") == "eval"]
+    stage1 = [r for r in evals if r["stage"] == "lighthouse"]
+    dense = [r for r in evals if r["stage"] == "dense"]
+    if not (stage1 and dense):
+        return "no validation losses were logged"
+    switch = [r for r in dense if r["step"] == stage1[-1]["step"]]
+    at_switch = (f", {switch[0]['val_loss']:.3f} with the same weights under dense attention"
+                 if switch else "")
+    return (f"validation loss {stage1[-1]['val_loss']:.3f} at the end of stage 1 (Lighthouse)"
+            f"{at_switch}, {dense[-1]['val_loss']:.3f} after recovery")
+
+
 def run_demo(*, workdir: Path, model: str, ctx: int, echo: Callable[[str], None],
              recipe: str = "tiny-cpu") -> None:
     workdir = Path(workdir)
-    if workdir.exists():
-        raise LhConvertError(f"demo folder {workdir} already exists; pass another --workdir")
+    prepare_workdir(workdir, echo)
     run_dir, export_dir = workdir / "real-run", workdir / "real-exported"
     started = time.perf_counter()
     echo(f"[1/6] loading {model} and measuring its loss on an English paragraph")
@@ -76,11 +111,10 @@ def run_demo(*, workdir: Path, model: str, ctx: int, echo: Callable[[str], None]
     echo(f"      {chosen.train.stage1_steps} steps at {chosen.ctx} tokens, "
          f"L={chosen.lighthouse.levels} p={chosen.lighthouse.pooling} k={chosen.lighthouse.topk}, "
          f"data: the built-in corpus -> {train_dir}")
-    first = extend(recipe=chosen, out=train_dir, data=DataSpec(), echo=echo)
+    extend(recipe=chosen, out=train_dir, data=DataSpec(), echo=echo)
     echo(f"[5/6] recovery stage (dense, same optimizer state): {chosen.train.recovery_steps} steps")
-    second = recover(run=train_dir, steps=None, echo=echo)
-    echo(f"      loss {first.last_loss:.3f} at the end of stage 1, {second.last_loss:.3f} after "
-         f"recovery; curves in {train_dir / 'loss.png'}")
+    recover(run=train_dir, steps=None, echo=echo)
+    echo(f"      {validation_summary(train_dir)}; curves in {train_dir / 'loss.png'}")
     echo(f"[6/6] exporting the trained model -> {train_export}")
     trained = export(run=train_dir, out=train_export)
     echo(f"      verified without lh_convert: max |logit diff| = {trained.max_abs_diff:.3g}")

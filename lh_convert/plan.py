@@ -25,7 +25,12 @@ from .util.errors import LhConvertError
 # training step of the paper's 367M shape at 64K (docs/benchmarks.md: 1.97 s dense, 0.71 s
 # Lighthouse; this model gives 2.0 s and 0.6 s); the others scaled by their peak.
 ASSUMED_TFLOPS = {"NVIDIA H200": 500.0, "NVIDIA H100": 450.0, "NVIDIA B200": 900.0}
+# fp32 on two CPU cores. Calibrated on tiny-cpu (2,048 tokens a step): about 2 s a step
+# measured, which FLOPs match once the LM head's matmul is counted (for a small model with a
+# large vocabulary it is most of the work; tests/lh_convert/test_plan_hours.py bounds the ratio).
 CPU_TFLOPS = 0.05
+# Beyond this many hours of training on the device present, plan says it is not practical.
+PRACTICAL_HOURS = 72.0
 
 
 @dataclass(frozen=True)
@@ -91,9 +96,15 @@ def plan_run(*, recipe: Recipe, world_size: int = 1) -> RunPlan:
     memory = (states + activations + logits) / 2**30
     device, tflops = _device()
     embedding = config.vocab_size * hidden
+    tied = bool(getattr(config, "tie_word_embeddings", False))
     head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
     attn_width = config.num_attention_heads * head_dim
-    matmul = 6 * (parameters - embedding) * tokens * (1.33 if checkpointed else 1)
+    # The decoder layers' matmuls (recomputed once under checkpointing), then the LM head's:
+    # the input embedding is a lookup, but the head is a vocab x hidden matmul per token
+    # (its chunks compute their gradients in the forward, so it runs once).
+    body = parameters - embedding - (0 if tied else embedding)
+    matmul = (6 * body * tokens * (1.33 if checkpointed else 1)
+              + 6 * embedding * tokens)
     # causal attention, forward + backward (+ recompute): about 3.5 x 2 x N^2 x width per layer.
     def attention(n: int) -> float:
         return 3.5 * 2 * n * n * attn_width * train.micro_batch_size * train.grad_accum * world_size
@@ -119,10 +130,43 @@ def print_plan(plan: RunPlan, *, recipe: Recipe, echo: Callable[[str], None]) ->
     checkpointing = f" with {mode} checkpointing" if mode != "none" else ""
     echo(f"memory        ~{plan.memory_gib:.1f} GiB per device (estimate: weights, grads, AdamW, "
          f"activations{checkpointing}, loss chunk)")
-    echo(f"time/step     ~{plan.step_seconds_lighthouse:.2f}s Lighthouse, "
-         f"~{plan.step_seconds_dense:.2f}s dense on {plan.device} (estimate from FLOPs)")
+    for line in time_lines(plan, recipe=recipe):
+        echo(line)
     note = recovery_note(recipe) if plan.lighthouse_layers else None
     if note:
         echo(f"NOTE          {note}")
     for problem in plan.problems:
         echo(f"PROBLEM       {problem}")
+
+
+def duration(seconds: float) -> str:
+    """A duration as people say it: seconds, minutes, hours, or hours and days."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    hours = seconds / 3600
+    return f"{hours:.1f} h" if hours < 48 else f"{hours:,.0f} h ({hours / 24:,.0f} days)"
+
+
+def stage_seconds(plan: RunPlan, *, recipe: Recipe) -> tuple[float, float]:
+    """Estimated seconds of stage 1 (Lighthouse) and of recovery (dense)."""
+    train = recipe.train
+    return (train.stage1_steps * plan.step_seconds_lighthouse,
+            train.recovery_steps * plan.step_seconds_dense)
+
+
+def time_lines(plan: RunPlan, *, recipe: Recipe) -> list[str]:
+    """The time estimate per step, per stage and in all, and whether it is practical here."""
+    train = recipe.train
+    stage1, recovery = stage_seconds(plan, recipe=recipe)
+    lines = [f"time/step     ~{plan.step_seconds_lighthouse:.2f} s Lighthouse, "
+             f"~{plan.step_seconds_dense:.2f} s dense on {plan.device} (estimate from FLOPs)",
+             f"time          stage 1: {train.stage1_steps} steps, ~{duration(stage1)}; recovery: "
+             f"{train.recovery_steps} steps, ~{duration(recovery)}; in all ~"
+             f"{duration(stage1 + recovery)} on {plan.device}"]
+    if (stage1 + recovery) / 3600 > PRACTICAL_HOURS:
+        lines.append(f"NOT PRACTICAL on this device ({plan.device}): ~{duration(stage1 + recovery)} "
+                     f"of training, over {PRACTICAL_HOURS:.0f} h; run it on a GPU (`lh-convert "
+                     f"plan` there gives its estimate), or try --recipe tiny-cpu here")
+    return lines

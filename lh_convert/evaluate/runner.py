@@ -38,6 +38,8 @@ from ..util.checksums import verify_checksums
 from ..util.formats import verify_safetensors_dir
 from ..util.hub import HUB_TIMEOUT_S, call_with_deadline, short_reason
 from ..util.paths import shipped_folder
+from .budget import (PROBE_TOKENS, cache_path, cached_requests, default_lengths, estimate_line,
+                     long_context_budget, seconds_per_token)
 from .builders import TASKS, EvalDataOptions, build_task_data, read_meta
 from .report import RETRIEVAL_TASKS, write_report
 from .results import ModelResults, labels, slug
@@ -64,7 +66,7 @@ class EvalReport:
 
 
 def run_eval(*, model: Path, out: Path, suite: str = "long-context",
-             lengths: Sequence[int] = (4096, 8192, 16384, 32768), baseline: Path | None = None,
+             lengths: Sequence[int] | None = None, baseline: Path | None = None,
              limit: int | None = None, device: str | None = None, seed: int = 0,
              samples: int = 4, data: Sequence[str] = (), dtype: torch.dtype | None = None,
              echo: Echo = print) -> EvalReport:
@@ -74,7 +76,8 @@ def run_eval(*, model: Path, out: Path, suite: str = "long-context",
         model, baseline: Hugging Face checkpoint folders or run folders (`manifest.json`).
         out: results folder (created; files in it are replaced).
         suite: "long-context", "short" or "all".
-        lengths: prompt lengths in tokens of each model's own tokenizer.
+        lengths: prompt lengths in tokens of each model's own tokenizer; None: chosen from
+            the device (``budget.DEFAULT_LENGTHS``: short on a CPU).
         limit: at most this many rows per task (lm-eval's limit; rows come grid by grid).
         device: "cpu" or "cuda"; None: cuda when available.
         seed, samples, data: the long-context data's seed, rows per (length, depth) cell, and
@@ -86,6 +89,10 @@ def run_eval(*, model: Path, out: Path, suite: str = "long-context",
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise LhConvertError("--device cuda, but no CUDA GPU is visible; pass --device cpu")
+    if lengths is None:
+        lengths = default_lengths(device)
+        echo(f"lengths: {', '.join(map(str, lengths))} tokens, the default on {device} "
+             f"(pass --lengths for others)")
     sources = [Path(model)] + ([Path(baseline)] if baseline is not None else [])
     for source in sources:
         if not source.is_dir():
@@ -112,12 +119,17 @@ def run_eval(*, model: Path, out: Path, suite: str = "long-context",
         results.append(evaluate_lm(
             lm=lm, label=label, source=str(source), tokenizer_dir=source, max_length=max_length,
             suite=suite, lengths=lengths, data_dir=Path(out) / "data" / slug(label),
-            limit=limit, seed=seed, samples=samples, data=data, echo=echo))
+            limit=limit, seed=seed, samples=samples, data=data, echo=echo,
+            cache=cache_path(out, slug(label), source)))
         del lm, loaded
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
-    files = write_report(models=results, out_dir=Path(out))
+    settings = (f"lengths {', '.join(map(str, lengths))} tokens; --samples {samples} rows per "
+                f"(length, depth) cell; --limit "
+                + (f"{limit} (at most {limit} rows per task)" if limit is not None
+                   else "none (every row)"))
+    files = write_report(models=results, out_dir=Path(out), settings=settings)
     echo(f"results in {out}: " + ", ".join(str(p.relative_to(out)) for p in files))
     return EvalReport(models=results, files=files)
 
@@ -167,11 +179,13 @@ def load_dense_model(*, path: Path, device: str, dtype: torch.dtype | None = Non
 def evaluate_lm(*, lm: Any, label: str, source: str, tokenizer_dir: Path, max_length: int,
                 suite: str, lengths: Sequence[int], data_dir: Path, limit: int | None = None,
                 seed: int = 0, samples: int = 4, data: Sequence[str] = (),
-                echo: Echo = print) -> ModelResults:
+                echo: Echo = print, cache: Path | None = None) -> ModelResults:
     """Run one lm-eval `LM` (an `HFLM`, or any stand-in) on `suite` and summarize it.
 
     The long-context data is built first (into `data_dir`), so its skipped prompts are
-    reported before the evaluation starts; the task hooks then reuse those files.
+    reported before the evaluation starts, with the request count and a time estimate; the
+    task hooks then reuse those files. `cache`: lm-eval's request cache (a path prefix), so a
+    re-run after an interruption runs only the requests that had not finished.
     """
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -203,8 +217,22 @@ def evaluate_lm(*, lm: Any, label: str, source: str, tokenizer_dir: Path, max_le
                     "data": list(options.data), "data_dir": str(data_dir)}
         manager = TaskManager(include_path=[str(p) for p in include], include_defaults=False,
                               metadata=metadata)
-        output = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager,
-                                         limit=limit, log_samples=True)
+        long_tasks = [task for task in tasks if task.startswith("lh_")]
+        if long_tasks and hasattr(lm, "model"):
+            probe = min(PROBE_TOKENS, min(options.lengths), max_length)
+            echo(estimate_line(
+                long_context_budget(data_dir, long_tasks, limit=limit, max_length=max_length),
+                per_token_s=seconds_per_token(lm.model, tokens=probe), probe_tokens=probe,
+                cached=cached_requests(cache) if cache is not None else 0))
+        try:
+            output = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager,
+                                             limit=limit, log_samples=True,
+                                             use_cache=None if cache is None else str(cache))
+        except KeyboardInterrupt:
+            if cache is not None:
+                echo(f"interrupted: {cached_requests(cache)} finished requests are cached in "
+                     f"{cache.parent}; run the same command again to resume")
+            raise
     samples_by_task = output.pop("samples", {})
     return ModelResults(label=label, source=source, max_length=max_length, lm_eval=output,
                         retrieval=_retrieval_cells(samples_by_task),

@@ -17,6 +17,7 @@ from typing import Any
 from .. import __version__
 from ..convert.manifest import RunManifest
 from ..train.metrics import read_metrics
+from .card_facts import TrainingData, source_license, training_data
 
 CARD_NAME = "README.md"
 CARD_TAGS = ("lh-convert", "lighthouse-attention", "long-context")
@@ -73,14 +74,42 @@ def _display_name(source: dict[str, Any]) -> str:
     return Path(spec).name or spec
 
 
-def _front_matter(manifest: RunManifest) -> str:
+def _plain_name(source: dict[str, Any]) -> str:
+    """The model's own name for the title: the hub name, a GGUF file's stem before its
+    quantization (``SmolLM2-135M-Instruct.Q4_1.gguf``), else the display name."""
+    if not source.get("hub_id") and source.get("gguf_file"):
+        return str(source["gguf_file"]).split(".")[0]
+    return _display_name(source).split("/")[-1]
+
+
+def _front_matter(manifest: RunManifest, *, license_id: str | None,
+                  datasets: tuple[str, ...]) -> str:
     # JSON strings are valid YAML scalars, so values are quoted with json.dumps.
     lines = ["---"]
     if manifest.source.get("hub_id") and manifest.init["kind"] == "pretrained":
         lines.append(f"base_model: {json.dumps(manifest.source['hub_id'])}")
+    if license_id:
+        lines.append(f"license: {json.dumps(license_id)}")
+    if datasets:
+        lines += ["datasets:", *(f"- {json.dumps(name)}" for name in datasets)]
     lines += ["library_name: transformers", "tags:", *(f"- {tag}" for tag in CARD_TAGS),
               "pipeline_tag: text-generation", "---"]
     return "\n".join(lines)
+
+
+def _summary_sentence(manifest: RunManifest, base: str, *, trained: bool) -> str:
+    extended = (f"`{base}` with its context window extended from "
+                f"{manifest.original_context:,} to {manifest.target_context:,} tokens by lh-convert")
+    if trained:
+        sentence = (f"{extended}, then trained at the new length with Lighthouse Attention "
+                    f"({PAPER}).")
+    else:
+        sentence = (f"{extended} and prepared for training with Lighthouse Attention ({PAPER}); "
+                    f"it has not been trained at the new length yet.")
+    if manifest.init["kind"] == "random":
+        sentence += (f" Its weights were initialised at random (seed {manifest.init.get('seed')}): "
+                     f"only the architecture and tokenizer are the base model's.")
+    return sentence
 
 
 def _layer_list(layers: list[int]) -> str:
@@ -91,12 +120,13 @@ def _loss(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _training_section(stages: list[StageSummary]) -> list[str]:
+def _training_section(stages: list[StageSummary], data: TrainingData | None) -> list[str]:
     if not stages:
         return ["## Training", "",
                 "Not trained: the weights are the base model's, with only the RoPE and context "
                 "changes above. Quality at the new context has not been established.", ""]
     lines = ["## Training", "",
+             f"Training data: {data.text if data else 'not recorded'}.", "",
              "| Stage | Steps | Tokens | Final validation loss | Final late-position loss |",
              "|---|---:|---:|---:|---:|"]
     for stage in stages:
@@ -123,20 +153,17 @@ def build_model_card(*, run_dir: Path, manifest: RunManifest, repo_id: str | Non
     lighthouse_layers = manifest.lighthouse_layers
     dense_layers = [i for i in range(manifest.num_layers) if i not in set(lighthouse_layers)]
     stages = summarize_training(run_dir=run_dir)
-    how = ("trained with Lighthouse Attention" if stages else
-           "converted for training with Lighthouse Attention but not yet trained,")
-    if manifest.init["kind"] == "random":
-        how = (f"{how}, from randomly initialised weights (seed {manifest.init.get('seed')}; "
-               f"only the architecture and tokenizer are the base model's)")
+    data = training_data(run_dir) if stages else None
     where = repo_id or "path/to/this/folder"
     version = f"lh-convert {__version__}"
     if manifest.tool_version != __version__:
         version += f" (run converted with {manifest.tool_version})"
     lines = [
-        _front_matter(manifest), "",
-        f"# {base.split('/')[-1]}, {manifest.target_context:,}-token context", "",
-        f"`{base}` with its context window extended from {manifest.original_context:,} to "
-        f"{manifest.target_context:,} tokens, {how} ({PAPER}) by lh-convert.", "",
+        _front_matter(manifest, license_id=source_license(manifest.source),
+                      datasets=data.datasets if data else ()), "",
+        f"# {_plain_name(manifest.source)}, extended to a {manifest.target_context:,}-token "
+        f"context", "",
+        _summary_sentence(manifest, base, trained=bool(stages)), "",
         "## What was done", "",
         f"- **RoPE:** {manifest.rope.get('description', manifest.rope.get('method', 'unchanged'))}",
         f"- **Context:** {manifest.original_context:,} -> {manifest.target_context:,} tokens",
@@ -148,7 +175,7 @@ def build_model_card(*, run_dir: Path, manifest: RunManifest, repo_id: str | Non
         f"{manifest.selected_length:,} of {manifest.target_context:,} positions",
         f"- **Weights:** {manifest.model_type}, {manifest.num_parameters / 1e6:.1f}M parameters, "
         f"{manifest.dtype}", "",
-        *_training_section(stages),
+        *_training_section(stages, data),
     ]
     results = Path(run_dir) / EVAL_RESULTS
     if results.is_file():

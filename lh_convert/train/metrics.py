@@ -10,14 +10,17 @@ from typing import Any
 
 from ..util.atomic import write_text_atomic
 from ..util.figures import pyplot, save_figure
+from .reporting import forward
 
 METRICS = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append ``record`` to the log, and send it to the ``--report-to`` reporters, if any."""
     with open(Path(run_dir) / METRICS, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
+    forward(run_dir, record)
 
 
 def read_jsonl(path: Path, *, required: str | None = None) -> list[dict[str, Any]]:

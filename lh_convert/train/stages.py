@@ -23,6 +23,7 @@ from .data import DataSpec
 from .distributed import barrier, init_distributed
 from .preflight import check_inputs, resolved_data
 from .recipes import Recipe, parse_recipe
+from .resume_settings import check_resume, record_override
 from .trainer import DENSE_STAGE, LIGHTHOUSE_STAGE, StageResult, run_stage
 
 RECIPE_RECORD = "recipe.json"
@@ -47,9 +48,11 @@ def _write_record(run_dir: Path, recipe: Recipe, data: DataSpec) -> None:
 
 
 def extend(*, recipe: Recipe, out: Path, data: DataSpec, echo: Callable[[str], None],
-           progress: bool = True, stop_after: int | None = None) -> StageResult:
+           progress: bool = True, stop_after: int | None = None,
+           override: bool = False) -> StageResult:
     """Stage 1 (Lighthouse): convert ``recipe.model`` into ``out`` unless it is already a run
-    of that model, then train or resume to ``recipe.train.stage1_steps``."""
+    of that model, then train or resume to ``recipe.train.stage1_steps``. A resume that changes
+    a pinned setting is refused unless ``override`` (then it is logged: ``resume_settings``)."""
     env = init_distributed()
     out = Path(out)
     ctx = recipe.ctx
@@ -67,6 +70,9 @@ def extend(*, recipe: Recipe, out: Path, data: DataSpec, echo: Callable[[str], N
         recorded = read_record(out)
         if recorded is not None:
             recipe, data = _merge_resume(recorded, recipe, data, out)
+            changes = check_resume(recorded[0], recipe, out=out, override=override)
+            if changes and env.main:
+                echo(record_override(out, changes, step=_checkpoint_step(out)))
     elif out.exists() and any(out.iterdir()):
         raise LhConvertError(f"{out} exists and is not an lh-convert run; choose a new --out")
     else:
@@ -104,6 +110,11 @@ def _merge_resume(recorded: tuple[Recipe, DataSpec], recipe: Recipe, data: DataS
         raise LhConvertError(f"{out} was trained on {old_data.paths or 'the built-in corpus'}; "
                              f"resume it without --data, or use a new --out")
     return recipe, old_data
+
+
+def _checkpoint_step(run_dir: Path) -> int:
+    newest = latest_checkpoint(run_dir)
+    return 0 if newest is None else int(newest.name.split("-")[1])
 
 
 def recover(*, run: Path, steps: int | None, echo: Callable[[str], None], cp: int | None = None,

@@ -52,6 +52,7 @@ from .packing import PackedSequences, batch_iterator
 from .parallelize import parallelize
 from .preflight import pin_data
 from .recipes import Recipe
+from .resume_settings import interrupted_line
 from .schedule import learning_rate, lighthouse_at
 
 LIGHTHOUSE_STAGE, DENSE_STAGE = "lighthouse", "dense"
@@ -320,6 +321,9 @@ class Trainer:
             if self.step > self.start and latest_checkpoint(self.run_dir) != \
                     checkpoint_path(self.run_dir, self.step):
                 self.save()
+            if self.env.main:
+                self.echo(interrupted_line(self.run_dir, dense=self.stage == DENSE_STAGE,
+                                           step=self.step))
             raise
         bar.close()
         if self.env.main:

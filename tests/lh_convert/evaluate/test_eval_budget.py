@@ -1,0 +1,107 @@
+"""An eval that fits the machine: lengths chosen from the device, the request count and a
+time estimate before lm-eval starts, --limit/--samples in results.md, and an evaluation
+interrupted part-way that resumes from lm-eval's request cache, running only what was left."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import string
+import textwrap
+from pathlib import Path
+
+import pytest
+from lm_eval.models.huggingface import HFLM
+
+from lh_convert.evaluate.budget import DEFAULT_LENGTHS, default_lengths
+from lh_convert.evaluate.runner import run_eval
+
+CONTEXT = 1024
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _private_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = tmp_path_factory.mktemp("caches")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LH_CONVERT_CACHE", str(root / "lh-convert"))
+        patch.setenv("HF_DATASETS_CACHE", str(root / "datasets"))
+        yield
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    for name, module in zip("abc", (textwrap, string, inspect)):
+        (folder / f"{name}.txt").write_text(inspect.getsource(module)[:20000])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model(make_tiny_checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_checkpoint("llama", tmp_path_factory.mktemp("models") / "tiny-llama",
+                                max_position_embeddings=CONTEXT)
+
+
+def _count_model_calls(monkeypatch: pytest.MonkeyPatch, *, interrupt_at: int | None = None
+                       ) -> dict[str, int]:
+    calls = {"n": 0}
+    real = HFLM._model_call
+
+    def counted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == interrupt_at:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(HFLM, "_model_call", counted)
+    return calls
+
+
+def _eval(model: Path, corpus: Path, out: Path, said: list[str]):
+    return run_eval(model=model, out=out, lengths=(512,), samples=1, data=(str(corpus),),
+                    device="cpu", echo=said.append)
+
+
+def test_default_lengths_fit_the_device() -> None:
+    assert default_lengths("cpu") == DEFAULT_LENGTHS["cpu"] and max(default_lengths("cpu")) <= 2048
+    assert default_lengths("cuda") == (4096, 8192, 16384, 32768)
+
+
+def test_an_interrupted_eval_resumes_from_its_cache(tiny_model: Path, corpus: Path,
+                                                    tmp_path: Path, monkeypatch) -> None:
+    said: list[str] = []
+    straight = _count_model_calls(monkeypatch)
+    _eval(tiny_model, corpus, tmp_path / "straight", said)
+    total = straight["n"]
+    estimate = next(line for line in said if " requests (" in line)
+    assert "lh_passkey 5" in estimate and "about " in estimate and "tokens" in estimate
+    assert said.index(estimate) < len(said) - 1  # said before the results
+    reference = json.loads((tmp_path / "straight" / "summary.json").read_text())["models"][0]
+    assert total > 10
+
+    said = []
+    out = tmp_path / "interrupted"
+    _count_model_calls(monkeypatch, interrupt_at=7)
+    with pytest.raises(KeyboardInterrupt):
+        _eval(tiny_model, corpus, out, said)
+    assert said[-1].startswith("interrupted: 6 finished requests are cached in ")
+    assert not (out / "summary.json").exists()
+
+    said = []
+    resumed = _count_model_calls(monkeypatch)
+    _eval(tiny_model, corpus, out, said)
+    assert resumed["n"] == total - 6  # only what had not finished ran
+    assert any("6 already cached" in line for line in said), said
+    again = json.loads((out / "summary.json").read_text())["models"][0]
+    assert again["metrics"] == reference["metrics"]
+    assert again["position_loss"] == reference["position_loss"]
+
+
+def test_results_md_records_limit_and_samples(tiny_model: Path, corpus: Path,
+                                              tmp_path: Path) -> None:
+    out = tmp_path / "limited"
+    run_eval(model=tiny_model, out=out, lengths=(512,), samples=1, limit=2, data=(str(corpus),),
+             device="cpu", echo=lambda line: None)
+    table = (out / "results.md").read_text()
+    assert ("Settings: lengths 512 tokens; --samples 1 rows per (length, depth) cell; "
+            "--limit 2 (at most 2 rows per task).") in table

@@ -1,0 +1,135 @@
+"""Resume semantics: ``extend --out RUN`` alone resumes with the pinned recipe.json; a changed
+setting is refused in one line unless ``--override`` (then logged); ``--set`` reaches every
+recipe field, typed; Ctrl-C names the checkpoint kept and the command that resumes."""
+
+from __future__ import annotations
+
+import json
+import sysconfig
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lh_convert.cli import main
+from lh_convert.train.data import DataSpec
+from lh_convert.train.recipes import Recipe, load_recipe
+from lh_convert.train.resume_settings import apply_sets, changed_settings
+from lh_convert.train.stages import extend, read_record
+from lh_convert.util.errors import LhConvertError
+
+RECIPE = """
+name = "test"
+description = "tiny"
+model = "{model}"
+ctx = "512"
+[lighthouse]
+levels = 2
+pooling = 2
+topk = 16
+tile = 8
+dense_layers = [0, -1]
+[train]
+stage1_steps = {steps}
+recovery_fraction = 0.5
+lr = 3e-3
+warmup_steps = 1
+precision = "fp32"
+activation_checkpointing = false
+loss_chunk = 128
+checkpoint_every = 1
+eval_every = 100
+eval_batches = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    for source in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:20]:
+        (folder / f"{source.stem}.txt").write_text(source.read_text(encoding="utf-8"))
+    return folder
+
+
+def _recipe_file(tmp_path: Path, model: Path, steps: int) -> Path:
+    path = tmp_path / "recipe.toml"
+    path.write_text(RECIPE.format(model=model, steps=steps))
+    return path
+
+
+def test_set_types_any_field_like_a_recipe_file() -> None:
+    base = Recipe(name="r", description="d", model="m", ctx=65536)
+    changed = apply_sets(base, ("train.lr=1e-4", "train.compile=true", "lighthouse.topk=1024",
+                                "train.schedule=linear", "ctx=128k",
+                                "lighthouse.dense_layers=[0, -1]"))
+    assert changed.train.lr == 1e-4 and isinstance(changed.train.lr, float)
+    assert changed.train.compile is True and changed.train.schedule == "linear"
+    assert changed.lighthouse.topk == 1024 and changed.lighthouse.dense_layers == (0, -1)
+    assert changed.ctx == 131072
+    assert set(changed_settings(base, changed)) == {
+        "ctx", "lighthouse.dense_layers", "lighthouse.topk", "train.compile", "train.lr",
+        "train.schedule"}
+    assert changed_settings(base, apply_sets(base, ("train.cp=2",))) == {}  # cp changes no result
+    for bad, fragment in (("train.lrr=1", "train.lr"), ("lr", "FIELD=VALUE"),
+                          ("train.lr=fast", "must be a number"),
+                          ("train.schedule=sometimes", "one of 'cosine'")):
+        with pytest.raises(LhConvertError, match=fragment) as caught:
+            apply_sets(base, (bad,))
+        assert "\n" not in str(caught.value)
+
+
+def test_resume_uses_the_pinned_recipe_and_refuses_changes(
+        make_tiny_checkpoint, corpus: Path, tmp_path: Path, assert_one_line_error) -> None:
+    recipe = _recipe_file(tmp_path, make_tiny_checkpoint("llama"), steps=2)
+    run = tmp_path / "run"
+    runner = CliRunner()
+    first = runner.invoke(main, ["extend", "--recipe", str(recipe), "--data", str(corpus),
+                                 "--out", str(run)])
+    assert first.exit_code == 0, first.output
+    pinned = (run / "recipe.json").read_text()
+
+    alone = runner.invoke(main, ["extend", "--out", str(run)])  # no recipe, no data: pinned
+    assert alone.exit_code == 0, alone.output
+    assert "stage 1 already complete at step 2" in alone.output
+    assert "built-in corpus" not in alone.output  # it resumes on the run's own data
+
+    refused = runner.invoke(main, ["extend", "--out", str(run), "--lr", "1e-3"])
+    assert_one_line_error(refused, "train.lr 0.003 -> 0.001", "--override",
+                          f"lh-convert extend --out {run}")
+    refused = runner.invoke(main, ["extend", "--out", str(run), "--set", "train.stage1_steps=3"])
+    assert_one_line_error(refused, "train.stage1_steps 2 -> 3")
+    assert (run / "recipe.json").read_text() == pinned  # nothing was rewritten
+
+    allowed = runner.invoke(main, ["extend", "--out", str(run), "--set", "train.stage1_steps=3",
+                                   "--override"])
+    assert allowed.exit_code == 0, allowed.output
+    assert "override at step 2: train.stage1_steps 2 -> 3" in allowed.output
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    overrides = [row for row in rows if row["kind"] == "override"]
+    assert overrides == [{"kind": "override", "step": 2,
+                          "changes": {"train.stage1_steps": {"from": 2, "to": 3}}}]
+    assert [row["step"] for row in rows if row["kind"] == "train"] == [1, 2, 3]
+    assert read_record(run)[0].train.stage1_steps == 3
+
+
+def test_ctrl_c_names_the_checkpoint_and_the_resume_command(
+        make_tiny_checkpoint, corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    from lh_convert.train import loss as loss_module
+
+    recipe = load_recipe(str(_recipe_file(tmp_path, make_tiny_checkpoint("llama"), steps=10)))
+    real_forward = loss_module.CausalLMLoss.forward
+    calls = {"n": 0}
+
+    def interrupted(self, input_ids, late_fraction=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_forward(self, input_ids, late_fraction)
+
+    monkeypatch.setattr(loss_module.CausalLMLoss, "forward", interrupted)
+    said: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        extend(recipe=recipe, out=tmp_path / "run", data=DataSpec(paths=(str(corpus),)),
+               echo=said.append, progress=False)
+    assert said[-1] == (f"interrupted: checkpoint step-0000002 saved (step 2, the last one "
+                        f"finished); resume with `lh-convert extend --out {tmp_path / 'run'}`")
