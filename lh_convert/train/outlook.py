@@ -27,7 +27,8 @@ def measured_studies() -> list[dict]:
 
 def expected_outcome(recipe: Recipe) -> str | None:
     """One line: how Lighthouse + recovery compared with dense training at equal training time
-    in the measured study closest to this recipe (same init; the smallest gap), or None."""
+    in the measured study closest to this recipe (same init; among complete studies when there
+    is one, the smallest gap), or None."""
     found = []
     for study in measured_studies():
         light, dense = study["arms"].get("lighthouse", {}), study["arms"].get("dense", {})
@@ -37,14 +38,22 @@ def expected_outcome(recipe: Recipe) -> str | None:
                           light, dense))
     if not found:
         return None
-    gap, study, light, dense = min(found, key=lambda item: item[0])
+    complete = [item for item in found if is_complete(item[1])]
+    gap, study, light, dense = min(complete or found, key=lambda item: item[0])
     where = "ahead of" if gap < 0 else "behind"
     return (f"measured ({study['model']} {'from scratch' if recipe.init == 'random' else 'converted'}"
             f", {study['context']:,} tokens, study {study['study']} of docs/conversion/summary.json"
-            f"{', partial' if 'PARTIAL' in study.get('note', '') else ''}): Lighthouse + recovery "
+            f"{'' if is_complete(study) else ', partial'}): Lighthouse + recovery "
             f"ended {abs(gap):.2f} nats {where} dense training at the same training time "
             f"({light['val_loss']:.3f} vs {light['dense_val_loss_at_same_wall_s']:.3f} after "
             f"{light['steps_s']:.0f}s of steps; dense's whole run {dense.get('steps_s', 0):.0f}s)")
+
+
+def is_complete(study: dict) -> bool:
+    """Every arm of the study ran its whole budget (a partial study's arms stopped early)."""
+    steps = [arm.get("steps") for arm in study["arms"].values()]
+    return (isinstance(study.get("steps"), int) and bool(steps)
+            and all(count == study["steps"] for count in steps))
 
 
 def recovery_note(recipe: Recipe) -> str | None:

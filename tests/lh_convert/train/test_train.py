@@ -426,3 +426,26 @@ def test_recovery_note_flags_short_recoveries_and_quotes_the_record(monkeypatch,
     assert "0.23 nats ahead of dense" in note
     (record / "summary.json").unlink()
     assert outlook.recovery_note(long) is None
+
+
+def test_outlook_prefers_a_complete_study_over_a_partial_one(monkeypatch, tmp_path: Path) -> None:
+    from lh_convert.train import outlook
+    from lh_convert.train.recipes import Recipe
+
+    def study(name: str, steps: int, light_steps: int, gap_from: float) -> dict:
+        return {"study": name, "model": "M", "init": "random", "context": 65536, "note": "",
+                "steps": steps,
+                "arms": {"dense": {"steps": steps, "steps_s": 400.0, "val_loss": 6.6},
+                         "lighthouse": {"steps": light_steps, "steps_s": 200.0,
+                                        "val_loss": gap_from,
+                                        "dense_val_loss_at_same_wall_s": 6.72}}}
+
+    record = tmp_path / "conversion"
+    record.mkdir()
+    (record / "summary.json").write_text(json.dumps([
+        study("partial-one", 183, 120, 6.49), study("complete-one", 160, 160, 6.62)]))
+    monkeypatch.setattr(outlook, "shipped_folder", lambda folder: record)
+    note = outlook.expected_outcome(Recipe(name="t", description="t", model="m", ctx=65536,
+                                           init="random"))
+    assert "study complete-one" in note and "partial" not in note
+    assert "0.10 nats ahead of dense" in note
