@@ -284,3 +284,19 @@ def test_a_run_folder_that_cannot_be_locked_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(LhConvertError, match="cannot lock the run folder"):
         with run_lock(tmp_path):
             pass
+
+
+def test_a_restart_takes_changed_settings_without_override(setup, tmp_path: Path) -> None:
+    """A run that failed before its first step is pinned to nothing: a fixed recipe value is
+    taken as it is (no --override), while a trained run still refuses it."""
+    recipe, data, run = setup
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "blank.txt").write_text("\n")
+    with pytest.raises(LhConvertError, match="holds no text"):
+        _extend(recipe, run, empty)
+    fixed = recipe.with_train(lr=1e-3)
+    assert _extend(fixed, run, data, stop_after=2).final_step == 2
+    assert read_record(run)[0].train.lr == 1e-3
+    with pytest.raises(LhConvertError, match="pinned to its recipe.json"):
+        _extend(recipe.with_train(lr=2e-3), run, data)
