@@ -225,9 +225,10 @@ def evaluate_lm(*, lm: Any, label: str, source: str, tokenizer_dir: Path, max_le
                 per_token_s=seconds_per_token(lm.model, tokens=probe), probe_tokens=probe,
                 cached=cached_requests(cache) if cache is not None else 0))
         try:
-            output = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager,
-                                             limit=limit, log_samples=True,
-                                             use_cache=None if cache is None else str(cache))
+            with quiet_git_probe():
+                output = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager,
+                                                 limit=limit, log_samples=True,
+                                                 use_cache=None if cache is None else str(cache))
         except KeyboardInterrupt:
             if cache is not None:
                 echo(f"interrupted: {cached_requests(cache)} finished requests are cached in "
@@ -330,3 +331,26 @@ def _uncached(needed: list[tuple[str, str | None]], *, timeout_s: float
         return [tuple(item) for item in json.loads(lines[-1])] if lines else list(needed)
     except (subprocess.TimeoutExpired, json.JSONDecodeError):
         return list(needed)
+
+
+@contextlib.contextmanager
+def quiet_git_probe() -> Iterator[None]:
+    """lm-eval records the git commit of the working directory by running ``git describe``
+    with the terminal as its stderr, so outside a repository every eval printed "fatal: not a
+    git repository". Run the same probe with its stderr discarded, for the evaluation only."""
+    import lm_eval.evaluator
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    def git_commit_hash() -> str | None:
+        try:
+            return subprocess.check_output(["git", "describe", "--always"],
+                                           stderr=subprocess.DEVNULL).strip().decode()
+        except (subprocess.CalledProcessError, FileNotFoundError):
+            return get_commit_from_path(os.getcwd())  # lm-eval's own fallback
+
+    original = lm_eval.evaluator.get_git_commit_hash
+    lm_eval.evaluator.get_git_commit_hash = git_commit_hash
+    try:
+        yield
+    finally:
+        lm_eval.evaluator.get_git_commit_hash = original

@@ -105,3 +105,22 @@ def test_results_md_records_limit_and_samples(tiny_model: Path, corpus: Path,
     table = (out / "results.md").read_text()
     assert ("Settings: lengths 512 tokens; --samples 1 rows per (length, depth) cell; "
             "--limit 2 (at most 2 rows per task).") in table
+
+
+def test_lm_evals_git_probe_is_quiet_outside_a_repository(tmp_path, monkeypatch, capfd) -> None:
+    """lm-eval runs `git describe` with the terminal as stderr: "fatal: not a git repository"
+    above every eval run outside a repository. During our evaluation it is quiet, and the
+    library's own function is back afterwards."""
+    import lm_eval.evaluator
+
+    from lh_convert.evaluate.runner import quiet_git_probe
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    original = lm_eval.evaluator.get_git_commit_hash
+    original()
+    assert "not a git repository" in capfd.readouterr().err  # the noise being removed
+    with quiet_git_probe():
+        assert lm_eval.evaluator.get_git_commit_hash() is None
+    assert capfd.readouterr().err == ""
+    assert lm_eval.evaluator.get_git_commit_hash is original
