@@ -2,46 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-TINY_RECIPE = """
-name = "test"
-description = "tiny"
-model = "{model}"
-ctx = "512"
-[lighthouse]
-levels = 2
-pooling = 2
-topk = 16
-tile = 8
-dense_layers = [0, -1]
-[train]
-micro_batch_size = 1
-stage1_steps = {steps}
-recovery_fraction = 0.5
-lr = 3e-3
-warmup_steps = 1
-precision = "fp32"
-loss_chunk = 128
-checkpoint_every = 2
-keep_checkpoints = {keep}
-eval_every = 100
-eval_batches = 1
-"""
+TINY_LIGHTHOUSE = {"levels": 2, "pooling": 2, "topk": 16, "tile": 8, "dense_layers": [0, -1]}
+TINY_TRAIN = {"micro_batch_size": 1, "stage1_steps": 4, "recovery_fraction": 0.5, "lr": 3e-3,
+              "warmup_steps": 1, "precision": "fp32", "loss_chunk": 128, "checkpoint_every": 2,
+              "keep_checkpoints": 3, "eval_every": 100, "eval_batches": 1}
 
 
 @pytest.fixture(scope="session")
 def write_tiny_recipe() -> Callable[..., Path]:
-    """``write_tiny_recipe(folder, model, *, steps=4, keep=3)``: a tiny recipe file, checkpoints
-    every 2 steps."""
+    """``write_tiny_recipe(folder, model, *, steps=4, keep=3, **train)``: a tiny recipe file
+    (512 tokens, 2 levels, checkpoints every 2 steps); ``train`` overrides ``[train]`` fields."""
 
-    def write(folder: Path, model: Path, *, steps: int = 4, keep: int = 3) -> Path:
+    def write(folder: Path, model: Path, *, steps: int = 4, keep: int = 3, **train) -> Path:
+        fields = {**TINY_TRAIN, "stage1_steps": steps, "keep_checkpoints": keep, **train}
+        lines = ['name = "test"', 'description = "tiny"', f'model = "{model}"', 'ctx = "512"',
+                 "[lighthouse]", *(f"{k} = {json.dumps(v)}" for k, v in TINY_LIGHTHOUSE.items()),
+                 "[train]", *(f"{k} = {json.dumps(v)}" for k, v in fields.items())]
         path = Path(folder) / "recipe.toml"
-        path.write_text(TINY_RECIPE.format(model=model, steps=steps, keep=keep))
+        path.write_text("\n".join(lines) + "\n")
         return path
 
     return write

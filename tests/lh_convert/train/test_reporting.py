@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import sys
-import sysconfig
 import types
 from pathlib import Path
 
@@ -19,39 +18,6 @@ from lh_convert.cli import main
 from lh_convert.train.reporting import forward, reporting
 from lh_convert.util import verbosity
 
-RECIPE = """
-name = "test"
-description = "tiny"
-model = "{model}"
-ctx = "512"
-[lighthouse]
-levels = 2
-pooling = 2
-topk = 16
-tile = 8
-dense_layers = [0, -1]
-[train]
-stage1_steps = 2
-lr = 3e-3
-warmup_steps = 1
-precision = "fp32"
-activation_checkpointing = false
-loss_chunk = 128
-checkpoint_every = 2
-eval_every = 2
-eval_batches = 1
-"""
-
-
-@pytest.fixture
-def corpus(tmp_path: Path) -> Path:
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    for source in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:12]:
-        (folder / f"{source.stem}.txt").write_text(source.read_text(encoding="utf-8"))
-    return folder
-
-
 @pytest.fixture(autouse=True)
 def _restore_verbosity(monkeypatch):
     for variable in ("TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS",
@@ -61,15 +27,17 @@ def _restore_verbosity(monkeypatch):
     verbosity.set_verbosity(0, explicit=False)
 
 
-def test_tensorboard_event_files_hold_the_logged_losses(make_tiny_checkpoint, corpus: Path,
+def test_tensorboard_event_files_hold_the_logged_losses(make_tiny_checkpoint, write_tiny_recipe,
+                                                        small_corpus: Path,
                                                         tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(RECIPE.format(model=make_tiny_checkpoint("llama")))
+    recipe = write_tiny_recipe(tmp_path, make_tiny_checkpoint("llama"), steps=2,
+                               activation_checkpointing=False, eval_every=2)
     run = tmp_path / "run"
-    result = CliRunner().invoke(main, ["extend", "--recipe", str(recipe), "--data", str(corpus),
-                                       "--out", str(run), "--report-to", "tensorboard"])
+    result = CliRunner().invoke(main, ["extend", "--recipe", str(recipe), "--data",
+                                       str(small_corpus), "--out", str(run),
+                                       "--report-to", "tensorboard"])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     events = EventAccumulator(str(run / "tensorboard"))

@@ -5,7 +5,6 @@ recipe field, typed; Ctrl-C names the checkpoint kept and the command that resum
 from __future__ import annotations
 
 import json
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -18,43 +17,11 @@ from lh_convert.train.resume_settings import apply_sets, changed_settings
 from lh_convert.train.stages import extend, read_record
 from lh_convert.util.errors import LhConvertError
 
-RECIPE = """
-name = "test"
-description = "tiny"
-model = "{model}"
-ctx = "512"
-[lighthouse]
-levels = 2
-pooling = 2
-topk = 16
-tile = 8
-dense_layers = [0, -1]
-[train]
-stage1_steps = {steps}
-recovery_fraction = 0.5
-lr = 3e-3
-warmup_steps = 1
-precision = "fp32"
-activation_checkpointing = false
-loss_chunk = 128
-checkpoint_every = 1
-eval_every = 100
-eval_batches = 1
-"""
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("corpus")
-    for source in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:20]:
-        (folder / f"{source.stem}.txt").write_text(source.read_text(encoding="utf-8"))
-    return folder
-
-
-def _recipe_file(tmp_path: Path, model: Path, steps: int) -> Path:
-    path = tmp_path / "recipe.toml"
-    path.write_text(RECIPE.format(model=model, steps=steps))
-    return path
+@pytest.fixture
+def recipe_file(write_tiny_recipe):
+    """A tiny recipe file checkpointing every step."""
+    return lambda folder, model, steps: write_tiny_recipe(
+        folder, model, steps=steps, activation_checkpointing=False, checkpoint_every=1)
 
 
 def test_set_types_any_field_like_a_recipe_file() -> None:
@@ -79,11 +46,12 @@ def test_set_types_any_field_like_a_recipe_file() -> None:
 
 
 def test_resume_uses_the_pinned_recipe_and_refuses_changes(
-        make_tiny_checkpoint, corpus: Path, tmp_path: Path, assert_one_line_error) -> None:
-    recipe = _recipe_file(tmp_path, make_tiny_checkpoint("llama"), steps=2)
+        make_tiny_checkpoint, small_corpus: Path, recipe_file, tmp_path: Path,
+        assert_one_line_error) -> None:
+    recipe = recipe_file(tmp_path, make_tiny_checkpoint("llama"), 2)
     run = tmp_path / "run"
     runner = CliRunner()
-    first = runner.invoke(main, ["extend", "--recipe", str(recipe), "--data", str(corpus),
+    first = runner.invoke(main, ["extend", "--recipe", str(recipe), "--data", str(small_corpus),
                                  "--out", str(run)])
     assert first.exit_code == 0, first.output
     pinned = (run / "recipe.json").read_text()
@@ -113,10 +81,11 @@ def test_resume_uses_the_pinned_recipe_and_refuses_changes(
 
 
 def test_ctrl_c_names_the_checkpoint_and_the_resume_command(
-        make_tiny_checkpoint, corpus: Path, tmp_path: Path, monkeypatch) -> None:
+        make_tiny_checkpoint, small_corpus: Path, recipe_file, tmp_path: Path,
+        monkeypatch) -> None:
     from lh_convert.train import loss as loss_module
 
-    recipe = load_recipe(str(_recipe_file(tmp_path, make_tiny_checkpoint("llama"), steps=10)))
+    recipe = load_recipe(str(recipe_file(tmp_path, make_tiny_checkpoint("llama"), 10)))
     real_forward = loss_module.CausalLMLoss.forward
     calls = {"n": 0}
 
@@ -129,7 +98,7 @@ def test_ctrl_c_names_the_checkpoint_and_the_resume_command(
     monkeypatch.setattr(loss_module.CausalLMLoss, "forward", interrupted)
     said: list[str] = []
     with pytest.raises(KeyboardInterrupt):
-        extend(recipe=recipe, out=tmp_path / "run", data=DataSpec(paths=(str(corpus),)),
+        extend(recipe=recipe, out=tmp_path / "run", data=DataSpec(paths=(str(small_corpus),)),
                echo=said.append, progress=False)
     assert said[-1] == (f"interrupted: checkpoint step-0000002 saved (step 2, the last one "
                         f"finished); resume with `lh-convert extend --out {tmp_path / 'run'}`")
