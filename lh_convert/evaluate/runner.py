@@ -19,6 +19,7 @@ PNG plots: retrieval accuracy (depth x length) per model, and loss by position.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -32,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ..util import hf_load
+from ..util import hf_load, verbosity
 from ..util.errors import LhConvertError
 from ..util.checksums import verify_checksums
 from ..util.formats import verify_safetensors_dir
@@ -116,6 +117,8 @@ def run_eval(*, model: Path, out: Path, suite: str = "long-context",
         with _quiet_logger("lm_eval.models.huggingface"):  # its notes on a model object we pass
             lm = HFLM(pretrained=loaded, tokenizer=tokenizer, max_length=max_length, batch_size=1,
                       trust_remote_code=False)
+        if verbosity.level() < 0:  # -q: lm-eval's request bars go quiet too
+            quiet_request_bars(lm)
         results.append(evaluate_lm(
             lm=lm, label=label, source=str(source), tokenizer_dir=source, max_length=max_length,
             suite=suite, lengths=lengths, data_dir=Path(out) / "data" / slug(label),
@@ -331,6 +334,16 @@ def _uncached(needed: list[tuple[str, str | None]], *, timeout_s: float
         return [tuple(item) for item in json.loads(lines[-1])] if lines else list(needed)
     except (subprocess.TimeoutExpired, json.JSONDecodeError):
         return list(needed)
+
+
+REQUEST_METHODS = ("loglikelihood", "loglikelihood_rolling", "generate_until")
+
+
+def quiet_request_bars(lm: Any) -> None:
+    """lm-eval draws a progress bar per request type unless the call passes ``disable_tqdm``,
+    which its evaluator never does: pass it from the model object itself (under ``-q``)."""
+    for name in REQUEST_METHODS:
+        setattr(lm, name, functools.partial(getattr(lm, name), disable_tqdm=True))
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ interrupted part-way that resumes from lm-eval's request cache, running only wha
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import string
@@ -124,3 +125,27 @@ def test_lm_evals_git_probe_is_quiet_outside_a_repository(tmp_path, monkeypatch,
         assert lm_eval.evaluator.get_git_commit_hash() is None
     assert capfd.readouterr().err == ""
     assert lm_eval.evaluator.get_git_commit_hash is original
+
+
+def test_quiet_request_bars_pass_disable_tqdm_to_every_request_type() -> None:
+    """Under -q lm-eval's per-request progress bars are switched off through the argument its
+    HFLM methods take (its evaluator calls them with the requests alone)."""
+    from lh_convert.evaluate.runner import REQUEST_METHODS, quiet_request_bars
+
+    for name in REQUEST_METHODS:  # the library still takes the argument we pass
+        assert "disable_tqdm" in inspect.signature(getattr(HFLM, name)).parameters
+
+    class Model:
+        def __init__(self) -> None:
+            self.seen = {}
+
+        def _call(self, name, requests, disable_tqdm=False):
+            self.seen[name] = disable_tqdm
+            return requests
+
+    model = Model()
+    for name in REQUEST_METHODS:
+        setattr(model, name, functools.partial(model._call, name))
+    quiet_request_bars(model)
+    for name in REQUEST_METHODS:
+        assert getattr(model, name)([]) == [] and model.seen[name] is True
