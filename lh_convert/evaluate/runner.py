@@ -228,7 +228,7 @@ def evaluate_lm(*, lm: Any, label: str, source: str, tokenizer_dir: Path, max_le
                 per_token_s=seconds_per_token(lm.model, tokens=probe), probe_tokens=probe,
                 cached=cached_requests(cache) if cache is not None else 0))
         try:
-            with quiet_git_probe():
+            with quiet_git_probe(), without_metadata_hint():
                 output = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager,
                                                  limit=limit, log_samples=True,
                                                  use_cache=None if cache is None else str(cache))
@@ -334,6 +334,26 @@ def _uncached(needed: list[tuple[str, str | None]], *, timeout_s: float
         return [tuple(item) for item in json.loads(lines[-1])] if lines else list(needed)
     except (subprocess.TimeoutExpired, json.JSONDecodeError):
         return list(needed)
+
+
+class _MetadataHint(logging.Filter):
+    """lm-eval's note on tasks built by a function names a key of its RULER tasks
+    (``max_seq_lengths``), not ours: our tasks take their lengths from lh-convert's ``--lengths``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Custom kwargs can be passed to `--metadata`" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def without_metadata_hint() -> Iterator[None]:
+    """Drop that misleading hint (below ``-v``), for the evaluation only."""
+    logger, hint = logging.getLogger("lm_eval.api.task"), _MetadataHint()
+    if verbosity.level() < 1:
+        logger.addFilter(hint)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hint)
 
 
 REQUEST_METHODS = ("loglikelihood", "loglikelihood_rolling", "generate_until")

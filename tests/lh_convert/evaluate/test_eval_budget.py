@@ -149,3 +149,24 @@ def test_quiet_request_bars_pass_disable_tqdm_to_every_request_type() -> None:
     quiet_request_bars(model)
     for name in REQUEST_METHODS:
         assert getattr(model, name)([]) == [] and model.seen[name] is True
+
+
+def test_lm_evals_metadata_hint_is_dropped_below_verbose(caplog, monkeypatch) -> None:
+    """The hint names RULER's `max_seq_lengths`, a key our tasks do not read; other warnings of
+    the same logger still pass, and -v shows the hint again."""
+    import logging
+
+    from lh_convert.evaluate.runner import without_metadata_hint
+    from lh_convert.util import verbosity
+
+    logger = logging.getLogger("lm_eval.api.task")
+    hint = "lh_niah: Custom kwargs can be passed to `--metadata` in console (as json string)"
+    with caplog.at_level(logging.WARNING, logger="lm_eval.api.task"):
+        with without_metadata_hint():
+            logger.warning(hint)
+            logger.warning("another warning")
+        monkeypatch.setattr(verbosity, "_current", 1)  # -v
+        with without_metadata_hint():
+            logger.warning(hint)
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == ["another warning", hint]
