@@ -69,6 +69,20 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def checkpoint_step(path: Path) -> int:
+    """The optimizer step of checkpoint folder ``path`` (``step-NNNNNNN``), from its name."""
+    match = _STEP_DIR.match(Path(path).name)
+    if match is None:
+        raise ValueError(f"{path} is not a checkpoint folder (step-NNNNNNN)")
+    return int(match[1])
+
+
+def prune_checkpoints(run_dir: Path, *, keep: int) -> None:
+    """Remove all but the newest ``keep`` checkpoints of ``run_dir``."""
+    for old in checkpoint_dirs(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _flatten_optimizer(optim_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     tensors, scalars = {}, {}
     for name, entries in optim_state["state"].items():
@@ -119,8 +133,7 @@ def save_checkpoint(run_dir: Path, *, model_state: dict[str, torch.Tensor], opti
             save_file(_rng_state(), str(staging / "rng.safetensors"))
             (staging / "state.json").write_text(json.dumps(asdict(state), indent=2))
             write_checksums(staging)
-        for old in checkpoint_dirs(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune_checkpoints(run_dir, keep=keep)
     return final
 
 

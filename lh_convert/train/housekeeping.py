@@ -8,11 +8,10 @@ nearly a full checkpoint) and files (``.NAME.tmp-*``), more checkpoints than
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from ..util.atomic import remove_stale_staging
-from .checkpoint import CHECKPOINTS, checkpoint_dirs
+from .checkpoint import CHECKPOINTS, prune_checkpoints
 from .metrics import LOSS_PLOT, METRICS, plot_run
 
 
@@ -27,8 +26,7 @@ def tidy_run(run_dir: Path, *, keep: int) -> list[Path]:
         if leftover.is_file():
             leftover.unlink(missing_ok=True)
             removed.append(leftover)
-    for old in checkpoint_dirs(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    prune_checkpoints(run_dir, keep=keep)
     metrics, plot = run_dir / METRICS, run_dir / LOSS_PLOT
     if metrics.is_file() and (not plot.is_file() or plot.stat().st_mtime < metrics.stat().st_mtime):
         plot_run(run_dir)

@@ -18,7 +18,7 @@ from ..convert.surgery import convert
 from ..util.atomic import write_json_atomic
 from ..util.errors import LhConvertError
 from ..util.run_lock import run_lock
-from .checkpoint import latest_checkpoint
+from .checkpoint import checkpoint_step, latest_checkpoint
 from .data import DataSpec
 from .distributed import barrier, init_distributed
 from .preflight import check_inputs, resolved_data
@@ -115,7 +115,7 @@ def _merge_resume(recorded: tuple[Recipe, DataSpec], recipe: Recipe, data: DataS
 
 def _checkpoint_step(run_dir: Path) -> int:
     newest = latest_checkpoint(run_dir)
-    return 0 if newest is None else int(newest.name.split("-")[1])
+    return 0 if newest is None else checkpoint_step(newest)
 
 
 def recover(*, run: Path, steps: int | None, echo: Callable[[str], None], cp: int | None = None,
