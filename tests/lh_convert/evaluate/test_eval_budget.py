@@ -20,15 +20,6 @@ from lh_convert.evaluate.runner import run_eval
 CONTEXT = 1024
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _private_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
-    root = tmp_path_factory.mktemp("caches")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LH_CONVERT_CACHE", str(root / "lh-convert"))
-        patch.setenv("HF_DATASETS_CACHE", str(root / "datasets"))
-        yield
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("corpus")

@@ -29,16 +29,6 @@ from lh_convert.convert.surgery import convert
 CONTEXT = 1024
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _private_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """The token cache and the datasets cache in fresh folders: nothing found by accident."""
-    root = tmp_path_factory.mktemp("caches")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LH_CONVERT_CACHE", str(root / "lh-convert"))
-        patch.setenv("HF_DATASETS_CACHE", str(root / "datasets"))
-        yield
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Four text files; the one held out makes the haystacks and the loss-by-position text."""

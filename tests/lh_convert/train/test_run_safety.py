@@ -40,6 +40,15 @@ def _extend(recipe, run: Path, *paths: Path | str, **kwargs):
                   echo=print, progress=False, **kwargs)
 
 
+def _fail_before_the_first_step(recipe, run: Path, tmp_path: Path) -> None:
+    """An extend on data that holds no text: the run is converted, then fails before step 1."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "blank.txt").write_text("   \n")
+    with pytest.raises(LhConvertError, match="holds no text"):
+        _extend(recipe, run, empty)
+
+
 def _hold_lock(folder: Path) -> subprocess.Popen:
     """Another process holding ``folder``'s run lock until killed."""
     holder = subprocess.Popen(
@@ -119,11 +128,7 @@ def test_a_missing_path_is_not_tried_as_a_hub_dataset(setup, spec: str, monkeypa
 
 def test_a_run_that_never_trained_restarts_with_new_inputs(setup, tmp_path: Path) -> None:
     recipe, data, run = setup
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    (empty / "blank.txt").write_text("   \n")
-    with pytest.raises(LhConvertError, match="holds no text"):
-        _extend(recipe, run, empty)
+    _fail_before_the_first_step(recipe, run, tmp_path)
     assert (run / "manifest.json").is_file() and latest_checkpoint(run) is None
     assert _extend(recipe, run, data).final_step == 4  # the fixed data is taken, not refused
     assert read_record(run)[1].paths == (str(data),)
@@ -235,11 +240,7 @@ def test_a_mismatch_on_a_run_that_never_trained_says_how_to_start_over(
     import dataclasses
 
     recipe, data, run = setup
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    (empty / "blank.txt").write_text("\n")
-    with pytest.raises(LhConvertError, match="holds no text"):
-        _extend(recipe, run, empty)
+    _fail_before_the_first_step(recipe, run, tmp_path)
     other = dataclasses.replace(recipe, model=str(make_tiny_checkpoint("qwen2")))
     with pytest.raises(LhConvertError, match=rf"never completed a step, so delete it "
                                              rf"\(rm -r {run}\) and run again"):
@@ -290,11 +291,7 @@ def test_a_restart_takes_changed_settings_without_override(setup, tmp_path: Path
     """A run that failed before its first step is pinned to nothing: a fixed recipe value is
     taken as it is (no --override), while a trained run still refuses it."""
     recipe, data, run = setup
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    (empty / "blank.txt").write_text("\n")
-    with pytest.raises(LhConvertError, match="holds no text"):
-        _extend(recipe, run, empty)
+    _fail_before_the_first_step(recipe, run, tmp_path)
     fixed = recipe.with_train(lr=1e-3)
     assert _extend(fixed, run, data, stop_after=2).final_step == 2
     assert read_record(run)[0].train.lr == 1e-3
