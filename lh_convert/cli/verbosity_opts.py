@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import click
 
+from ..train.reporting import REPORT_TO
 from ..util.verbosity import set_verbosity
 
 REPORT_TO_OPTION = click.option(
-    "--report-to", type=click.Choice(["none", "tensorboard", "wandb"]), default="none",
+    "--report-to", type=click.Choice(REPORT_TO), default="none",
     help="Also send the training log to TensorBoard (event files in RUN_DIR/tensorboard/) or "
          "Weights & Biases (offline unless WANDB_MODE=online; files in RUN_DIR/wandb/).")
 
