@@ -20,6 +20,7 @@ from .convert.surgery import check_lighthouse_settings
 from .train.outlook import recovery_note
 from .train.recipes import Recipe
 from .util.errors import LhConvertError
+from .util.units import duration
 
 # Sustained bf16 throughput assumed for the time estimate. H200: calibrated on the measured
 # training step of the paper's 367M shape at 64K (docs/benchmarks.md: 1.97 s dense, 0.71 s
@@ -137,16 +138,6 @@ def print_plan(plan: RunPlan, *, recipe: Recipe, echo: Callable[[str], None]) ->
         echo(f"NOTE          {note}")
     for problem in plan.problems:
         echo(f"PROBLEM       {problem}")
-
-
-def duration(seconds: float) -> str:
-    """A duration as people say it: seconds, minutes, hours, or hours and days."""
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    hours = seconds / 3600
-    return f"{hours:.1f} h" if hours < 48 else f"{hours:,.0f} h ({hours / 24:,.0f} days)"
 
 
 def stage_seconds(plan: RunPlan, *, recipe: Recipe) -> tuple[float, float]:

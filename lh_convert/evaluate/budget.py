@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..util.units import duration
+
 # What an evaluation runs at when no --lengths is given: short on a CPU (a 135M model at
 # 1K-2K takes minutes there, at 4K-32K about an hour), the suite's lengths on a GPU.
 DEFAULT_LENGTHS = {"cpu": (1024, 2048), "cuda": (4096, 8192, 16384, 32768)}
@@ -104,13 +106,5 @@ def estimate_line(budget: Budget, *, per_token_s: float, probe_tokens: int,
     seconds = budget.tokens * per_token_s * share
     resumed = f"; {cached} already cached, {todo} to run" if cached else ""
     return (f"  {budget.total} requests ({parts}; {budget.tokens:,} tokens){resumed}: about "
-            f"{_duration(seconds)} (a {probe_tokens}-token forward scaled by tokens; longer "
+            f"{duration(seconds)} (a {probe_tokens}-token forward scaled by tokens; longer "
             f"prompts cost more per token)")
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -52,3 +52,13 @@ def parse_dense_layers(text: str) -> tuple[int, ...]:
     except ValueError:
         raise LhConvertError(f"malformed --dense-layers {text!r}: use comma-separated layer "
                              f"indices such as 0,1,-2,-1") from None
+
+
+def duration(seconds: float) -> str:
+    """A duration as people say it: seconds, minutes, hours, or hours and days."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    hours = seconds / 3600
+    return f"{hours:.1f} h" if hours < 48 else f"{hours:,.0f} h ({hours / 24:,.0f} days)"

@@ -11,7 +11,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from lh_convert.cli import main
-from lh_convert.plan import PRACTICAL_HOURS, duration, plan_run, stage_seconds
+from lh_convert.plan import PRACTICAL_HOURS, plan_run, stage_seconds
+from lh_convert.util.units import duration
 from lh_convert.train.data import DataSpec
 from lh_convert.train.recipes import load_recipe
 from lh_convert.train.stages import extend
