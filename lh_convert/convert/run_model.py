@@ -10,7 +10,7 @@ from transformers import PreTrainedModel
 from ..util import hf_load
 from ..util.checksums import verify_checksums
 from ..util.errors import LhConvertError
-from ..util.formats import verify_safetensors_dir
+from ..util.formats import first_non_finite, verify_safetensors_dir
 from .attention import ATTENTION_NAME, ProbeReport, probe
 from .manifest import RunManifest, read_manifest
 from .settings import CONFIG_KEY, LighthouseSettings, settings_of
@@ -45,9 +45,8 @@ def load_run_model(run_dir: Path, *, lighthouse: bool, dtype: torch.dtype | None
         verify_safetensors_dir(checkpoint)
         verify_checksums(Path(checkpoint), fix=fix)
         state = load_file(str(checkpoint / "model.safetensors"))
-        bad = [name for name, tensor in state.items()
-               if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
-        if bad:
+        bad = first_non_finite(state)
+        if bad is not None:
             raise LhConvertError(f"checkpoint {checkpoint} holds non-finite weights (NaN or "
                                  f"infinite values in {bad[0]}); {fix}")
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -32,7 +32,7 @@ from ..util.atomic import atomic_directory
 from ..util.checksums import verify_checksums, write_checksums
 from ..util.errors import LhConvertError
 from ..util.interrupts import sigint_deferred
-from ..util.formats import verify_safetensors_dir
+from ..util.formats import first_non_finite, verify_safetensors_dir
 
 CHECKPOINTS = "checkpoints"
 _STEP_DIR = re.compile(r"^step-(\d{7})$")
@@ -196,13 +196,9 @@ def _train_state(raw: object) -> TrainState:
 
 
 def _non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
-    """The first tensor holding a NaN or an infinity, as 'NAME has N non-finite values'."""
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point():
-            count = int((~torch.isfinite(tensor)).sum())
-            if count:
-                return f"{name} has {count} NaN or infinite values"
-    return None
+    """The first tensor holding a NaN or an infinity, as 'NAME has N NaN or infinite values'."""
+    found = first_non_finite(tensors)
+    return None if found is None else f"{found[0]} has {found[1]} NaN or infinite values"
 
 
 def restore_rng(rng: dict[str, torch.Tensor]) -> None:

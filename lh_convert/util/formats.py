@@ -161,3 +161,14 @@ def unloaded_gguf_tensors(
     name_map = gguf.get_tensor_name_map(arch, num_layers)
     loaded = {name_map.get_name(key, try_suffixes=(".weight", ".bias")) for key in model_keys}
     return sorted(name for name in summary.tensor_names if name not in loaded)
+
+
+def first_non_finite(tensors: dict) -> tuple[str, int] | None:
+    """``(name, count)`` of the first floating-point tensor holding NaN or infinite values (a
+    mapping of names to torch tensors), or None when every one is finite."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point():
+            count = int((~tensor.isfinite()).sum())
+            if count:
+                return name, count
+    return None
