@@ -147,7 +147,7 @@ def tokenize_corpus(
             "the tokenizer has no EOS token, so documents cannot be separated; "
             "use the model's own tokenizer, or set eos_token in its tokenizer_config.json"
         )
-    token_folder = _token_folder(spec)
+    token_folder = named_token_folder(spec)
     if token_folder is not None:
         return load_token_corpus(token_folder, tokenizer=tokenizer)
     sources, what = _resolve_sources(spec)
@@ -323,7 +323,7 @@ def load_token_corpus(folder: Path, *, tokenizer: Any) -> TokenizedCorpus:
     return dataclasses.replace(corpus, description=f"token folder {folder}: {corpus.description}")
 
 
-def _token_folder(spec: DataSpec) -> Path | None:
+def named_token_folder(spec: DataSpec) -> Path | None:
     """The token folder `spec` names, if it names one (it must then be the only path)."""
     found = [Path(p).expanduser() for p in spec.paths
              if all((Path(p).expanduser() / name).is_file() for name in TOKEN_FILES)]

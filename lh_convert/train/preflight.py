@@ -17,7 +17,7 @@ from pathlib import Path
 from ..util.atomic import write_json_atomic
 from ..util.errors import LhConvertError
 from .context_parallel import check_context_parallel
-from .data import DataSpec, TokenizedCorpus
+from .data import DataSpec, TokenizedCorpus, named_token_folder
 from .data_sources import looks_like_path, open_parquet, resolve_sources
 from .recipes import Recipe
 
@@ -37,10 +37,10 @@ def check_inputs(*, recipe: Recipe, data: DataSpec, world: int) -> None:
     """Raise now, before any conversion, if the data or the parallel layout cannot work.
 
     Local data must exist and every parquet file must open; hub datasets are checked when
-    they are read. ``--cp`` must divide the ``world`` processes and fit the context.
+    they are read, a token folder (``save_token_corpus``) when it is loaded. ``--cp`` must divide the ``world`` processes and fit the context.
     """
     local = tuple(path for path in data.paths if Path(path).exists() or looks_like_path(path))
-    if local:
+    if local and named_token_folder(data) is None:
         sources, _ = resolve_sources(local)
         for source in sources:
             if source.kind == "parquet":

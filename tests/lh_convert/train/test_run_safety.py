@@ -115,6 +115,21 @@ def test_inputs_are_checked_before_converting(setup, tmp_path: Path) -> None:
     assert not run.exists()  # nothing was converted: the corrected command just works
 
 
+def test_extend_trains_from_a_token_folder(setup, tmp_path: Path) -> None:
+    """A token folder (``save_token_corpus``: what the replication carries to the GPU machine)
+    passes the pre-conversion input check and trains; broken by that check once (2026-12-03)."""
+    from transformers import AutoTokenizer
+
+    from lh_convert.train.data import save_token_corpus, tokenize_corpus
+
+    recipe, data, run = setup
+    corpus = tokenize_corpus(spec=DataSpec(paths=(str(data),)), progress=False,
+                             tokenizer=AutoTokenizer.from_pretrained(recipe.model),
+                             cache_dir=tmp_path / "cache")
+    tokens = save_token_corpus(corpus, out=tmp_path / "tokens")
+    assert _extend(recipe, run, tokens, stop_after=1).final_step == 1
+
+
 @pytest.mark.parametrize("spec", ["corpus/train.jsonl", "./nowhere", "data.txt"])
 def test_a_missing_path_is_not_tried_as_a_hub_dataset(setup, spec: str, monkeypatch) -> None:
     from lh_convert.train import data_sources
