@@ -16,7 +16,7 @@ import torch
 
 from lighthouse_kernels.config import LighthouseConfig
 
-from ..util.atomic import atomic_directory, check_output_folder
+from ..util.atomic import atomic_directory, bytes_of, check_output_folder
 from ..util.checksums import write_checksums
 from ..util.errors import LhConvertError
 from .manifest import INITS, RunManifest
@@ -118,8 +118,7 @@ def convert(*, model: str, ctx: int, out: Path, rope: str = DEFAULT_ROPE_METHOD,
         dtype=str(next(network.parameters()).dtype).removeprefix("torch."),
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
-    weight_bytes = sum(p.numel() * p.element_size() for p in network.parameters())
-    with atomic_directory(out, needed=weight_bytes) as staging:
+    with atomic_directory(out, needed=bytes_of(network.parameters())) as staging:
         network.save_pretrained(staging, max_shard_size=MAX_SHARD_SIZE)
         tokenizer.save_pretrained(staging)
         manifest.write(staging)

@@ -30,7 +30,7 @@ from ..convert.settings import CONFIG_KEY
 from ..convert.surgery import MAX_SHARD_SIZE
 from ..train.checkpoint import latest_checkpoint
 from ..util import hf_load
-from ..util.atomic import atomic_directory, check_output_folder
+from ..util.atomic import atomic_directory, bytes_of, check_output_folder
 from ..util.checksums import write_checksums
 from ..util.errors import LhConvertError
 from .model_card import CARD_NAME, build_model_card
@@ -120,8 +120,7 @@ def export(*, run: Path, out: Path, verify: bool = True, push: PushRequest | Non
     model.to(getattr(torch, manifest.dtype))
     card = build_model_card(run_dir=Path(run), manifest=manifest,
                             repo_id=push.repo_id if push is not None else None)
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    with atomic_directory(Path(out), needed=weight_bytes) as staging:
+    with atomic_directory(Path(out), needed=bytes_of(model.parameters())) as staging:
         model.save_pretrained(staging, max_shard_size=MAX_SHARD_SIZE)
         tokenizer.save_pretrained(staging)
         (staging / CARD_NAME).write_text(card, encoding="utf-8")

@@ -28,7 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..util.atomic import atomic_directory
+from ..util.atomic import atomic_directory, bytes_of
 from ..util.checksums import verify_checksums, write_checksums
 from ..util.errors import LhConvertError
 from ..util.interrupts import sigint_deferred
@@ -124,7 +124,7 @@ def save_checkpoint(run_dir: Path, *, model_state: dict[str, torch.Tensor], opti
     # Clone: tied weights share storage, which safetensors refuses to write twice.
     weights = {k: v.detach().cpu().clone().contiguous() for k, v in model_state.items()}
     optim_tensors, optim_meta = _flatten_optimizer(optim_state)
-    needed = sum(t.numel() * t.element_size() for t in [*weights.values(), *optim_tensors.values()])
+    needed = bytes_of([*weights.values(), *optim_tensors.values()])
     with sigint_deferred():  # a Ctrl-C meanwhile stops the run once this checkpoint is whole
         with atomic_directory(final, needed=needed) as staging:
             save_file(weights, str(staging / "model.safetensors"))

@@ -9,6 +9,7 @@ unless ``--override`` is given; then the change is written to the run's log (a `
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -91,8 +92,16 @@ def record_override(run_dir: Path, changes: dict[str, tuple[Any, Any]], *, step:
 
 
 def resume_command(run_dir: Path, *, dense: bool) -> str:
-    """The command that resumes the stage that was running in ``run_dir``."""
-    return f"lh-convert recover --run {run_dir}" if dense else f"lh-convert extend --out {run_dir}"
+    """The command that resumes the stage that was running in ``run_dir``: under ``torchrun``
+    (``WORLD_SIZE`` > 1) the same launch, in README's form (``--`` before the subcommand, or
+    torchrun reads ``--run`` as its own ``--run-path``). Processes per node: torchrun's
+    ``LOCAL_WORLD_SIZE`` (the world size on one host)."""
+    stage = f"recover --run {run_dir}" if dense else f"extend --out {run_dir}"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        return f"torchrun --nproc-per-node {per_node} -m lh_convert.cli -- {stage}"
+    return f"lh-convert {stage}"
 
 
 def interrupted_line(run_dir: Path, *, dense: bool, step: int) -> str:

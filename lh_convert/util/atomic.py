@@ -18,7 +18,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -120,6 +120,12 @@ def remove_stale_staging(folder: Path, *, name: str | None = None) -> list[Path]
         finally:
             os.close(descriptor)
     return removed
+
+
+def bytes_of(tensors: Iterable[Any]) -> int:
+    """The bytes ``tensors`` (torch tensors or parameters) take written out: what a write of
+    them needs free on disk."""
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def disk_full_error(error: BaseException, *, folder: Path, needed: int | None = None,

@@ -4,8 +4,10 @@ A model or tokenizer folder may ship its own Python (``auto_map`` in ``config.js
 ``tokenizer_config.json``), which transformers runs when asked to trust it. lh-convert never
 does: every load passes ``trust_remote_code=False``, and a folder that names custom code is
 refused first, in one line, so transformers never gets to ask "run the custom code? [y/N]".
-Loads also run with transformers' logging at error level, so its multi-line load report
-(missing or unexpected keys) does not print above the one-line error that reports the same.
+At the default verbosity (and ``-q``) loads also run with transformers' logging at error
+level, so its multi-line load report (missing or unexpected keys) does not print above the
+one-line error that reports the same; from ``-v`` on, transformers' level and progress bars
+stay as ``util.verbosity`` set them, report included.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from . import verbosity
 from .errors import LhConvertError
 
 CUSTOM_CODE_FILES = ("config.json", "tokenizer_config.json")
@@ -40,8 +43,11 @@ def refuse_custom_code(folder: Path) -> None:
 
 @contextmanager
 def quiet_transformers() -> Iterator[None]:
-    """Transformers' logging at error level and no "Loading weights" bar for the block: its load
-    report is ours to give, in one line."""
+    """Below ``-v``: transformers' logging at error level and no "Loading weights" bar for the
+    block, its load report being ours to give, in one line. From ``-v`` on: nothing changed."""
+    if verbosity.level() >= 1:
+        yield
+        return
     from transformers.utils import logging
 
     before, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()

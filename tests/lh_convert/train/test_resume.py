@@ -1,6 +1,7 @@
 """Resume semantics: ``extend --out RUN`` alone resumes with the pinned recipe.json; a changed
 setting is refused in one line unless ``--override`` (then logged); ``--set`` reaches every
-recipe field, typed; Ctrl-C names the checkpoint kept and the command that resumes."""
+recipe field, typed; Ctrl-C names the checkpoint kept and the command that resumes (the torchrun launch under
+torchrun)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from click.testing import CliRunner
 from lh_convert.cli import main
 from lh_convert.train.data import DataSpec
 from lh_convert.train.recipes import Recipe, load_recipe
-from lh_convert.train.resume_settings import apply_sets, changed_settings
+from lh_convert.train.resume_settings import (apply_sets, changed_settings, interrupted_line,
+                                              resume_command)
 from lh_convert.train.stages import extend, read_record
 from lh_convert.util.errors import LhConvertError
 
@@ -96,9 +98,37 @@ def test_ctrl_c_names_the_checkpoint_and_the_resume_command(
         return real_forward(self, input_ids, late_fraction)
 
     monkeypatch.setattr(loss_module.CausalLMLoss, "forward", interrupted)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)  # the one-process command
     said: list[str] = []
     with pytest.raises(KeyboardInterrupt):
         extend(recipe=recipe, out=tmp_path / "run", data=DataSpec(paths=(str(small_corpus),)),
                echo=said.append, progress=False)
     assert said[-1] == (f"interrupted: checkpoint step-0000002 saved (step 2, the last one "
                         f"finished); resume with `lh-convert extend --out {tmp_path / 'run'}`")
+
+
+@pytest.mark.parametrize(("dense", "stage"), [(False, "extend --out"), (True, "recover --run")])
+def test_resume_command_names_the_launch_that_ran(tmp_path: Path, monkeypatch, dense: bool,
+                                                  stage: str) -> None:
+    """One process: the plain command; under torchrun (WORLD_SIZE > 1) the torchrun launch in
+    README's form, with as many processes per node as ran."""
+    run = tmp_path / "run"
+    for variable in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(variable, raising=False)
+    assert resume_command(run, dense=dense) == f"lh-convert {stage} {run}"
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert resume_command(run, dense=dense) == f"lh-convert {stage} {run}"
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert resume_command(run, dense=dense) == (
+        f"torchrun --nproc-per-node 4 -m lh_convert.cli -- {stage} {run}")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert resume_command(run, dense=dense) == (
+        f"torchrun --nproc-per-node 4 -m lh_convert.cli -- {stage} {run}")
+
+
+def test_ctrl_c_line_under_torchrun_names_torchrun(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert interrupted_line(tmp_path / "run", dense=False, step=0) == (
+        f"interrupted: no checkpoint yet (a resume starts from the first step); resume with "
+        f"`torchrun --nproc-per-node 2 -m lh_convert.cli -- extend --out {tmp_path / 'run'}`")

@@ -23,34 +23,6 @@ from lh_convert.train.recipes import available_recipes, load_recipe
 from lh_convert.train.stages import extend, recover
 from lh_convert.train.checkpoint import latest_checkpoint, load_checkpoint
 
-RECIPE = """
-name = "test"
-description = "tiny"
-model = "{model}"
-ctx = "512"
-[lighthouse]
-levels = 2
-pooling = 2
-topk = 16
-tile = 8
-dense_layers = [0, -1]
-[train]
-micro_batch_size = {micro}
-stage1_steps = {steps}
-recovery_fraction = 0.5
-lr = 3e-3
-warmup_steps = 1
-precision = "fp32"
-activation_checkpointing = {checkpointing}
-deterministic = {deterministic}
-loss_chunk = 128
-checkpoint_every = {every}
-keep_checkpoints = 2
-eval_every = 100
-eval_batches = 1
-"""
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """About 40 English-and-code documents: enough for hundreds of 512-token sequences."""
@@ -62,12 +34,18 @@ def corpus(tmp_path_factory) -> Path:
     return folder
 
 
-def _recipe(tmp_path: Path, model: Path, *, steps: int = 8, every: int = 4, micro: int = 1,
-            checkpointing: str = "false", deterministic: str = "false") -> Path:
-    path = tmp_path / "recipe.toml"
-    path.write_text(RECIPE.format(model=model, steps=steps, every=every, micro=micro,
-                                  checkpointing=checkpointing, deterministic=deterministic))
-    return path
+@pytest.fixture
+def tiny_recipe(write_tiny_recipe):
+    """``tiny_recipe(folder, model, *, steps=8, every=4, micro=1, checkpointing=False,
+    deterministic=False)``: the tiny recipe, keeping two checkpoints."""
+
+    def write(folder: Path, model: Path, *, steps: int = 8, every: int = 4, micro: int = 1,
+              checkpointing: bool | str = False, deterministic: bool = False) -> Path:
+        return write_tiny_recipe(folder, model, steps=steps, keep=2, micro_batch_size=micro,
+                                 checkpoint_every=every, activation_checkpointing=checkpointing,
+                                 deterministic=deterministic)
+
+    return write
 
 
 def _losses(run: Path) -> list[float]:
@@ -88,9 +66,9 @@ def test_every_recipe_loads_and_validates(recipe: str) -> None:
     assert loaded.train.problem() is None
 
 
-def test_both_stages_train_and_loss_falls(make_tiny_checkpoint, corpus: Path, tmp_path: Path,
-                                          capsys) -> None:
-    recipe = load_recipe(str(_recipe(tmp_path, make_tiny_checkpoint("llama"), steps=10)))
+def test_both_stages_train_and_loss_falls(make_tiny_checkpoint, tiny_recipe, corpus: Path,
+                                          tmp_path: Path, capsys) -> None:
+    recipe = load_recipe(str(tiny_recipe(tmp_path, make_tiny_checkpoint("llama"), steps=10)))
     run = tmp_path / "run"
     first = extend(recipe=recipe, out=run, data=DataSpec(paths=(str(corpus),)), echo=print,
                    progress=True)
@@ -110,9 +88,9 @@ def test_both_stages_train_and_loss_falls(make_tiny_checkpoint, corpus: Path, tm
     assert said == ["recovery already complete at step 15; nothing to do"]
 
 
-def test_a_dense_baseline_names_its_stage_1_dense(make_tiny_checkpoint, corpus: Path,
+def test_a_dense_baseline_names_its_stage_1_dense(make_tiny_checkpoint, tiny_recipe, corpus: Path,
                                                   tmp_path: Path, capsys) -> None:
-    path = _recipe(tmp_path, make_tiny_checkpoint("llama"), steps=1)
+    path = tiny_recipe(tmp_path, make_tiny_checkpoint("llama"), steps=1)
     all_four = path.read_text().replace("dense_layers = [0, -1]", "dense_layers = [0, 1, 2, 3]")
     path.write_text(all_four)
     extend(recipe=load_recipe(str(path)), out=tmp_path / "run", data=DataSpec(paths=(str(corpus),)),
@@ -122,17 +100,17 @@ def test_a_dense_baseline_names_its_stage_1_dense(make_tiny_checkpoint, corpus: 
 
 
 def test_selective_checkpointing_and_deterministic_mode_keep_the_losses(
-        make_tiny_checkpoint, corpus: Path, tmp_path: Path) -> None:
+        make_tiny_checkpoint, tiny_recipe, corpus: Path, tmp_path: Path) -> None:
     """Recomputing in the backward (keeping only the attention kernels' outputs) changes no
     loss, and deterministic mode is on for the stage only."""
     model = make_tiny_checkpoint("llama")
     losses = {}
-    for name, checkpointing, deterministic in (("plain", "false", "false"),
-                                               ("selective", '"selective"', "true")):
+    for name, checkpointing, deterministic in (("plain", False, False),
+                                               ("selective", "selective", True)):
         folder = tmp_path / name
         folder.mkdir()
-        recipe = load_recipe(str(_recipe(folder, model, steps=4, checkpointing=checkpointing,
-                                         deterministic=deterministic)))
+        recipe = load_recipe(str(tiny_recipe(folder, model, steps=4, checkpointing=checkpointing,
+                                             deterministic=deterministic)))
         extend(recipe=recipe, out=folder / "run", data=DataSpec(paths=(str(corpus),)),
                echo=print, progress=False)
         losses[name] = _losses(folder / "run")
@@ -141,15 +119,18 @@ def test_selective_checkpointing_and_deterministic_mode_keep_the_losses(
     assert losses["selective"] == pytest.approx(losses["plain"], abs=1e-6)
 
 
-def test_unknown_checkpointing_mode_is_a_recipe_error(make_tiny_checkpoint, tmp_path: Path) -> None:
-    path = _recipe(tmp_path, make_tiny_checkpoint("llama"), checkpointing='"sometimes"')
+def test_unknown_checkpointing_mode_is_a_recipe_error(make_tiny_checkpoint, tiny_recipe,
+                                                      tmp_path: Path) -> None:
+    path = tiny_recipe(tmp_path, make_tiny_checkpoint("llama"), checkpointing="sometimes")
     with pytest.raises(LhConvertError, match="activation_checkpointing = 'sometimes' must be one of 'selective', 'full', 'none'"):
         load_recipe(str(path))
 
 
-def test_recover_restores_optimizer_state_and_runs_dense(make_tiny_checkpoint, corpus: Path,
-                                                         tmp_path: Path, monkeypatch) -> None:
-    recipe = load_recipe(str(_recipe(tmp_path, make_tiny_checkpoint("qwen2"), steps=4, every=4)))
+def test_recover_restores_optimizer_state_and_runs_dense(make_tiny_checkpoint, tiny_recipe,
+                                                         corpus: Path, tmp_path: Path,
+                                                         monkeypatch) -> None:
+    model = make_tiny_checkpoint("qwen2")
+    recipe = load_recipe(str(tiny_recipe(tmp_path, model, steps=4, every=4)))
     run = tmp_path / "run"
     extend(recipe=recipe, out=run, data=DataSpec(paths=(str(corpus),)), echo=print, progress=False)
     stage1 = load_checkpoint(latest_checkpoint(run))
@@ -178,8 +159,9 @@ def test_recover_restores_optimizer_state_and_runs_dense(make_tiny_checkpoint, c
 
 
 def test_recovery_validates_stage_1_weights_densely_at_the_switch_once(
-        make_tiny_checkpoint, corpus: Path, tmp_path: Path) -> None:
-    recipe = load_recipe(str(_recipe(tmp_path, make_tiny_checkpoint("llama"), steps=4, every=4)))
+        make_tiny_checkpoint, tiny_recipe, corpus: Path, tmp_path: Path) -> None:
+    model = make_tiny_checkpoint("llama")
+    recipe = load_recipe(str(tiny_recipe(tmp_path, model, steps=4, every=4)))
     run = tmp_path / "run"
     extend(recipe=recipe, out=run, data=DataSpec(paths=(str(corpus),)), echo=print, progress=False)
     said: list[str] = []
@@ -207,10 +189,10 @@ def test_recovery_validates_stage_1_weights_densely_at_the_switch_once(
     assert [(stage, step) for stage, step, _ in evals()] == [(s, n) for s, n, _ in first]
 
 
-def test_sigkill_then_resume_is_bit_identical(make_tiny_checkpoint, corpus: Path,
+def test_sigkill_then_resume_is_bit_identical(make_tiny_checkpoint, tiny_recipe, corpus: Path,
                                               tmp_path: Path) -> None:
     model = make_tiny_checkpoint("llama")
-    recipe = _recipe(tmp_path, model, steps=60, every=5)
+    recipe = tiny_recipe(tmp_path, model, steps=60, every=5)
     args = ["extend", "--recipe", str(recipe), "--data", str(corpus)]
     straight = _cli(*args, "--out", str(tmp_path / "straight"))
     assert straight.wait(timeout=600) == 0, straight.stderr.read()
@@ -234,13 +216,14 @@ def test_sigkill_then_resume_is_bit_identical(make_tiny_checkpoint, corpus: Path
     assert _losses(tmp_path / "straight") == _losses(tmp_path / "killed")
 
 
-def test_fsdp2_two_processes_match_one(make_tiny_checkpoint, corpus: Path, tmp_path: Path) -> None:
+def test_fsdp2_two_processes_match_one(make_tiny_checkpoint, tiny_recipe, corpus: Path,
+                                       tmp_path: Path) -> None:
     model = make_tiny_checkpoint("llama")
-    single = _cli("extend", "--recipe", str(_recipe(tmp_path, model, steps=4, micro=2)),
+    single = _cli("extend", "--recipe", str(tiny_recipe(tmp_path, model, steps=4, micro=2)),
                   "--data", str(corpus), "--out", str(tmp_path / "one"))
     assert single.wait(timeout=600) == 0, single.stderr.read()
     (tmp_path / "two").mkdir()
-    two_recipe = _recipe(tmp_path / "two", model, steps=4, micro=1)
+    two_recipe = tiny_recipe(tmp_path / "two", model, steps=4, micro=1)
     launched = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
          "--master-port", str(29500 + os.getpid() % 1000), "-m", "lh_convert.cli", "extend",
@@ -256,8 +239,8 @@ def test_fsdp2_two_processes_match_one(make_tiny_checkpoint, corpus: Path, tmp_p
 # ---- bad input ----------------------------------------------------------------------------------
 
 
-def _extend_error(tmp_path: Path, model: Path, data: str, **recipe_kwargs) -> str:
-    recipe = load_recipe(str(_recipe(tmp_path, model, **recipe_kwargs)))
+def _extend_error(tiny_recipe, tmp_path: Path, model: Path, data: str, **recipe_kwargs) -> str:
+    recipe = load_recipe(str(tiny_recipe(tmp_path, model, **recipe_kwargs)))
     with pytest.raises(LhConvertError) as caught:
         extend(recipe=recipe, out=tmp_path / "run", data=DataSpec(paths=(data,)), echo=print,
                progress=False)
@@ -265,40 +248,46 @@ def _extend_error(tmp_path: Path, model: Path, data: str, **recipe_kwargs) -> st
     return str(caught.value)
 
 
-def test_missing_data(make_tiny_checkpoint, tmp_path: Path) -> None:
-    message = _extend_error(tmp_path, make_tiny_checkpoint("llama"), str(tmp_path / "nothing"))
+def test_missing_data(make_tiny_checkpoint, tiny_recipe, tmp_path: Path) -> None:
+    model = make_tiny_checkpoint("llama")
+    message = _extend_error(tiny_recipe, tmp_path, model, str(tmp_path / "nothing"))
     assert "does not exist" in message or "not found" in message
 
 
-def test_empty_data(make_tiny_checkpoint, tmp_path: Path) -> None:
+def test_empty_data(make_tiny_checkpoint, tiny_recipe, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "a.txt").write_text("")
     (tmp_path / "empty" / "b.txt").write_text("   \n")
-    assert "no text" in _extend_error(tmp_path, make_tiny_checkpoint("llama"), str(tmp_path / "empty"))
+    model = make_tiny_checkpoint("llama")
+    assert "no text" in _extend_error(tiny_recipe, tmp_path, model, str(tmp_path / "empty"))
 
 
-def test_data_shorter_than_one_sequence(make_tiny_checkpoint, tmp_path: Path) -> None:
+def test_data_shorter_than_one_sequence(make_tiny_checkpoint, tiny_recipe, tmp_path: Path) -> None:
     (tmp_path / "short").mkdir()
     for name in "abc":
         (tmp_path / "short" / f"{name}.txt").write_text("a short document.")
-    message = _extend_error(tmp_path, make_tiny_checkpoint("llama"), str(tmp_path / "short"))
+    model = make_tiny_checkpoint("llama")
+    message = _extend_error(tiny_recipe, tmp_path, model, str(tmp_path / "short"))
     assert "fewer than one sequence of 512" in message
 
 
-def test_existing_run_of_another_model(make_tiny_checkpoint, corpus: Path, tmp_path: Path) -> None:
-    first = load_recipe(str(_recipe(tmp_path, make_tiny_checkpoint("llama"), steps=2)))
+def test_existing_run_of_another_model(make_tiny_checkpoint, tiny_recipe, corpus: Path,
+                                       tmp_path: Path) -> None:
+    first = load_recipe(str(tiny_recipe(tmp_path, make_tiny_checkpoint("llama"), steps=2)))
     extend(recipe=first, out=tmp_path / "run", data=DataSpec(paths=(str(corpus),)), echo=print,
            progress=False)
     (tmp_path / "other").mkdir()
-    recipe = load_recipe(str(_recipe(tmp_path / "other", make_tiny_checkpoint("qwen2"), steps=2)))
+    model = make_tiny_checkpoint("qwen2")
+    recipe = load_recipe(str(tiny_recipe(tmp_path / "other", model, steps=2)))
     with pytest.raises(LhConvertError, match="choose a new --out"):
         extend(recipe=recipe, out=tmp_path / "run", data=DataSpec(paths=(str(corpus),)),
                echo=print, progress=False)
 
 
-def test_corrupt_checkpoint_is_an_error_not_a_fresh_start(make_tiny_checkpoint, corpus: Path,
-                                                          tmp_path: Path) -> None:
-    recipe = load_recipe(str(_recipe(tmp_path, make_tiny_checkpoint("llama"), steps=4, every=2)))
+def test_corrupt_checkpoint_is_an_error_not_a_fresh_start(make_tiny_checkpoint, tiny_recipe,
+                                                          corpus: Path, tmp_path: Path) -> None:
+    model = make_tiny_checkpoint("llama")
+    recipe = load_recipe(str(tiny_recipe(tmp_path, model, steps=4, every=2)))
     run = tmp_path / "run"
     extend(recipe=recipe, out=run, data=DataSpec(paths=(str(corpus),)), echo=print, progress=False)
     weights = latest_checkpoint(run) / "optimizer.safetensors"
@@ -307,11 +296,13 @@ def test_corrupt_checkpoint_is_an_error_not_a_fresh_start(make_tiny_checkpoint, 
         recover(run=run, steps=1, echo=print, progress=False)
 
 
-def test_disk_full_during_save_keeps_the_previous_checkpoint(make_tiny_checkpoint, corpus: Path,
-                                                             tmp_path: Path, monkeypatch) -> None:
+def test_disk_full_during_save_keeps_the_previous_checkpoint(make_tiny_checkpoint, tiny_recipe,
+                                                             corpus: Path, tmp_path: Path,
+                                                             monkeypatch) -> None:
     from lh_convert.train import checkpoint as train_state
 
-    recipe = load_recipe(str(_recipe(tmp_path, make_tiny_checkpoint("llama"), steps=4, every=2)))
+    model = make_tiny_checkpoint("llama")
+    recipe = load_recipe(str(tiny_recipe(tmp_path, model, steps=4, every=2)))
     run = tmp_path / "run"
     real_save = train_state.save_file
     calls = {"n": 0}
@@ -333,11 +324,13 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(make_tiny_checkpoin
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(make_tiny_checkpoint, corpus: Path,
-                                                           tmp_path: Path, monkeypatch) -> None:
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(make_tiny_checkpoint, tiny_recipe,
+                                                           corpus: Path, tmp_path: Path,
+                                                           monkeypatch) -> None:
     from lh_convert.train import loss as loss_module
 
-    recipe = load_recipe(str(_recipe(tmp_path, make_tiny_checkpoint("llama"), steps=6, every=2)))
+    model = make_tiny_checkpoint("llama")
+    recipe = load_recipe(str(tiny_recipe(tmp_path, model, steps=6, every=2)))
     real_forward = loss_module.CausalLMLoss.forward
     calls = {"n": 0}
 
@@ -353,11 +346,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(make_tiny_checkpoint,
     assert latest_checkpoint(tmp_path / "run").name == "step-0000002"
 
 
-def test_ctrl_c_saves_and_exits(make_tiny_checkpoint, corpus: Path, tmp_path: Path,
+def test_ctrl_c_saves_and_exits(make_tiny_checkpoint, tiny_recipe, corpus: Path, tmp_path: Path,
                                 monkeypatch) -> None:
     from lh_convert.train import loss as loss_module
 
-    recipe = load_recipe(str(_recipe(tmp_path, make_tiny_checkpoint("llama"), steps=10, every=100)))
+    model = make_tiny_checkpoint("llama")
+    recipe = load_recipe(str(tiny_recipe(tmp_path, model, steps=10, every=100)))
     real_forward = loss_module.CausalLMLoss.forward
     calls = {"n": 0}
 
@@ -375,21 +369,22 @@ def test_ctrl_c_saves_and_exits(make_tiny_checkpoint, corpus: Path, tmp_path: Pa
     assert saved.state.step == 3 and saved.state.data_step == 3  # the three finished steps
 
 
-def test_plan_reports_and_flags_problems(make_tiny_checkpoint, tmp_path: Path) -> None:
+def test_plan_reports_and_flags_problems(make_tiny_checkpoint, tiny_recipe, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from lh_convert.cli import main
 
     model = make_tiny_checkpoint("llama")
-    ok = CliRunner().invoke(main, ["plan", "--recipe", str(_recipe(tmp_path, model))])
+    ok = CliRunner().invoke(main, ["plan", "--recipe", str(tiny_recipe(tmp_path, model))])
     assert ok.exit_code == 0, ok.output
     for line in ("parameters", "RoPE          theta", "S = 288 of N = 512", "memory", "time/step",
                  "NOTE          recovery has"):
         assert line in ok.output, ok.output
-    bad = CliRunner().invoke(main, ["plan", "--recipe", str(_recipe(tmp_path, model)), "--ctx", "513"])
+    bad = CliRunner().invoke(main, ["plan", "--recipe", str(tiny_recipe(tmp_path, model)),
+                                    "--ctx", "513"])
     assert bad.exit_code == 2 and "PROBLEM" in bad.output and "multiple of 2" in bad.output
-    dry = CliRunner().invoke(main, ["extend", "--recipe", str(_recipe(tmp_path, model)), "--out",
-                                    str(tmp_path / "run"), "--dry-run"])
+    dry = CliRunner().invoke(main, ["extend", "--recipe", str(tiny_recipe(tmp_path, model)),
+                                    "--out", str(tmp_path / "run"), "--dry-run"])
     assert dry.exit_code == 0 and not (tmp_path / "run").exists()
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lh_convert.util.atomic import atomic_directory, write_json_atomic, write_text_atomic
+from lh_convert.util.atomic import (atomic_directory, bytes_of, write_json_atomic,
+                                    write_text_atomic)
 from lh_convert.util.errors import LhConvertError
 
 
@@ -151,3 +152,12 @@ def test_write_text_atomic_keeps_the_old_file_when_the_write_fails(tmp_path: Pat
         write_text_atomic(target, "new\n")
     assert target.read_text() == "old\n"
     assert _entries(tmp_path) == ["metrics.jsonl"]
+
+
+def test_bytes_of_counts_every_element_at_its_dtype_size() -> None:
+    import torch
+
+    tensors = [torch.zeros(3, 4), torch.zeros(5, dtype=torch.bfloat16),
+               torch.nn.Parameter(torch.zeros(2, dtype=torch.float64)), torch.zeros(0)]
+    assert bytes_of(tensors) == 3 * 4 * 4 + 5 * 2 + 2 * 8
+    assert bytes_of([]) == 0

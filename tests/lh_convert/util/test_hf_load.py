@@ -4,6 +4,7 @@ refused in one line by convert and eval, and their code never runs."""
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from lh_convert.cli import main
-from lh_convert.util import hf_load
+from lh_convert.util import hf_load, verbosity
 from lh_convert.util.errors import LhConvertError
 
 TINY_FLAGS = ["--levels", "2", "--pooling", "2", "--topk", "16", "--tile", "8"]
@@ -120,3 +121,66 @@ def test_load_report_is_quiet_above_our_error(make_tiny_checkpoint, tmp_path: Pa
                                        "--out", str(tmp_path / "run"), *TINY_FLAGS])
     assert_one_line_error(result, "missing tensors")
     assert "LOAD REPORT" not in result.output
+
+
+class _Records(logging.Handler):
+    """Every record transformers' loggers emit while attached (they all propagate to
+    ``transformers``, whose own handler keeps the stream it found at import)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def restore_verbosity(monkeypatch):
+    for variable in ("TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY",
+                     "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        monkeypatch.delenv(variable, raising=False)
+    yield verbosity.set_verbosity
+    verbosity.set_verbosity(0, explicit=False)
+
+
+def _load_records(folder: Path) -> list[logging.LogRecord]:
+    handler = _Records()
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        hf_load.load_causal_lm(folder)
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    return handler.records
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_transformers_load_report_only_from_dash_v(make_tiny_checkpoint, tmp_path: Path,
+                                                   restore_verbosity, level: int) -> None:
+    """A real load of a checkpoint missing a layer's tensors: at the default, no record of
+    transformers' reaches its handlers; at -v its info messages and its LOAD REPORT do."""
+    folder = make_tiny_checkpoint("llama", tmp_path / "short")
+    raw = json.loads((folder / "config.json").read_text())
+    raw["num_hidden_layers"] = 5
+    (folder / "config.json").write_text(json.dumps(raw))
+    restore_verbosity(level)
+    records = _load_records(folder)
+    if level == 0:
+        assert records == []
+    else:
+        assert any(r.levelno == logging.INFO and "loading weights file" in r.getMessage()
+                   for r in records)
+        assert any("LOAD REPORT" in r.getMessage() for r in records)
+
+
+@pytest.mark.parametrize("level", [-1, 0, 1, 2])
+def test_quiet_transformers_follows_the_verbosity_setting(restore_verbosity,
+                                                          level: int) -> None:
+    from transformers.utils import logging as transformers_logging
+
+    restore_verbosity(level)
+    expected = {-1: logging.ERROR, 0: logging.ERROR, 1: logging.INFO, 2: logging.DEBUG}[level]
+    with hf_load.quiet_transformers():
+        assert transformers_logging.get_verbosity() == expected
+        assert transformers_logging.is_progress_bar_enabled() == (level >= 1)
+    assert transformers_logging.is_progress_bar_enabled() == (level >= 1)
