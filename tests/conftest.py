@@ -19,7 +19,9 @@ if not torch.cuda.is_available():
 
 import inspect
 import json
+import signal
 import string
+import subprocess
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -255,6 +257,96 @@ def _add_gguf_tokenizer(writer: gguf.GGUFWriter, tokenizer_json: Path) -> None:
     writer.add_bos_token_id(special[TINY_BOS])
     writer.add_eos_token_id(special[TINY_EOS])
     writer.add_add_bos_token(True)
+
+
+# ---- subprocesses started early ------------------------------------------------------------
+#
+# A test whose slow part is one subprocess it only observes (the README's demo, pip resolving
+# on the public index) marks itself ``@pytest.mark.started_early(command=...)``: right after
+# collection, ``command(folder)`` names that subprocess (subprocess.Popen's keyword arguments,
+# ``args`` included; or None: nothing to start) for a fresh temporary folder, it starts, and
+# the test's ``started_early`` fixture waits for it and hands back what it did. The subprocess
+# runs exactly the command the test ran itself before, only minutes sooner, beside the other
+# tests (those mostly keep one of the two cores busy), and such tests run last. Nothing starts
+# for a test that is not selected, nor under --collect-only.
+
+
+class EarlyRun:
+    """A subprocess started for a ``started_early`` test, its output going to files in
+    ``folder``."""
+
+    def __init__(self, folder: Path, args: list[str], **popen: object) -> None:
+        self.folder = folder
+        self._stdout = open(folder / ".stdout", "w+", encoding="utf-8")  # noqa: SIM115
+        self._stderr = open(folder / ".stderr", "w+", encoding="utf-8")  # noqa: SIM115
+        self.process = subprocess.Popen(args, stdout=self._stdout, stderr=self._stderr,
+                                        text=True, start_new_session=True, **popen)
+
+    def wait(self, timeout: float) -> subprocess.CompletedProcess:
+        """Wait for the subprocess; its return code, stdout and stderr, as subprocess.run's."""
+        try:
+            returncode = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise
+        outputs = []
+        for handle in (self._stdout, self._stderr):
+            handle.seek(0)
+            outputs.append(handle.read())
+            handle.close()
+        return subprocess.CompletedProcess(self.process.args, returncode, *outputs)
+
+    def stop(self) -> None:
+        """Kill the subprocess and what it started (its own session) if still running."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait()
+
+
+_EARLY_RUNS = pytest.StashKey["EarlyRun | None"]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "started_early(command=...): command(folder) names the test's one slow "
+                   "subprocess, started right after collection; the started_early fixture "
+                   "waits for it")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The ``started_early`` tests go last (in their order), so their subprocesses have the
+    whole session beside them; no other test depends on the order."""
+    early = [item for item in items if item.get_closest_marker("started_early")]
+    items[:] = [item for item in items if item not in early] + early
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
+    factory = session.config._tmp_path_factory  # what the tmp_path fixture uses
+    for item in session.items:
+        marker = item.get_closest_marker("started_early")
+        if marker is not None:
+            command = marker.kwargs["command"]  # a keyword: a lone function would be decorated
+            folder = factory.mktemp(item.name[:30], numbered=True)
+            popen = command(folder)
+            item.stash[_EARLY_RUNS] = None if popen is None else EarlyRun(folder, **popen)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for item in session.items:  # a run whose test never came (-x, Ctrl-C) is stopped
+        run = item.stash.get(_EARLY_RUNS, None)
+        if run is not None:
+            run.stop()
+
+
+@pytest.fixture
+def started_early(request: pytest.FixtureRequest) -> EarlyRun | None:
+    """The test's ``EarlyRun`` (None where its ``command`` named nothing to start)."""
+    return request.node.stash[_EARLY_RUNS]
 
 
 def one_line_error(result, *fragments: str) -> str:
