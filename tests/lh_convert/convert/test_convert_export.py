@@ -14,7 +14,6 @@ from lh_convert.demo import PARAGRAPH, text_loss
 from lh_convert.export.to_hf import export
 from lh_convert.convert.manifest import read_manifest
 from lh_convert.convert.run_model import load_run_model
-from lh_convert.convert.sources import load_config, load_model, load_tokenizer, resolve_source
 from lh_convert.convert.surgery import convert
 
 ARCHITECTURES = ["llama", "mistral", "qwen2", "qwen3"]
@@ -98,12 +97,10 @@ def test_run_rotary_frequencies_are_the_new_ones(make_tiny_checkpoint, tmp_path:
 
 
 @pytest.mark.slow
-def test_real_smollm2_gguf_converts_exports_and_reloads(smollm2_gguf: Path, tmp_path: Path) -> None:
-    source = resolve_source(str(smollm2_gguf))
-    original = load_model(source, config=load_config(source), dtype=None).eval()
-    tokenizer = load_tokenizer(source)
-    before = text_loss(original, tokenizer)
-    del original
+def test_real_smollm2_gguf_converts_exports_and_reloads(smollm2: dict, smollm2_gguf: Path,
+                                                        tmp_path: Path) -> None:
+    # The source model as load_model gives it (tests/conftest.py: loaded once a session).
+    before = text_loss(smollm2["model"], smollm2["tokenizer"])
     run_dir, out_dir = tmp_path / "run", tmp_path / "exported"
     manifest = convert(model=str(smollm2_gguf), ctx=65536, out=run_dir).manifest
     assert (manifest.model_type, manifest.num_layers, manifest.target_context) == ("llama", 30, 65536)

@@ -408,30 +408,6 @@ PARAGRAPH = (
 )
 
 
-@pytest.fixture(scope="module")
-def smollm2(smollm2_gguf: Path) -> dict:
-    """The real model, loaded once: source, config, model, tokenizer and the seconds each took."""
-    seconds = {}
-    start = time.perf_counter()
-    source = resolve_source(str(smollm2_gguf))
-    config = load_config(source)
-    seconds["config"] = time.perf_counter() - start
-    start = time.perf_counter()
-    model = load_model(source, config=config, dtype=None).eval()
-    seconds["model"] = time.perf_counter() - start
-    start = time.perf_counter()
-    tokenizer = load_tokenizer(source)
-    seconds["tokenizer"] = time.perf_counter() - start
-    print("GGUF load seconds: " + ", ".join(f"{part} {took:.1f}" for part, took in seconds.items()))
-    return {
-        "source": source,
-        "config": config,
-        "model": model,
-        "tokenizer": tokenizer,
-        "seconds": seconds,
-    }
-
-
 @pytest.mark.slow
 def test_gguf_config(smollm2: dict, smollm2_gguf: Path) -> None:
     source, config = smollm2["source"], smollm2["config"]
