@@ -259,7 +259,7 @@ def write_recipe(layout: Layout, args: argparse.Namespace, arm: str, seed: int) 
         lighthouse = {"levels": 3, "pooling": 4, "topk": 2048, "tile": 128}
         train = {"precision": "bf16", "loss_chunk": 4096, "activation_checkpointing": "selective",
                  "compile": True}
-    dense_layers = list(range(30)) if arm in ("dense", REPEAT) else [0, 1, -2, -1]
+    lighthouse["dense_layers"] = list(range(30)) if arm in ("dense", REPEAT) else [0, 1, -2, -1]
     train.update(micro_batch_size=1, grad_accum=args.grad_accum, stage1_steps=stage1,
                  recovery_fraction=recovery / stage1, lr=args.lr, warmup_steps=args.warmup,
                  eval_every=args.eval_every, eval_batches=args.eval_batches,
@@ -280,7 +280,7 @@ def write_recipe(layout: Layout, args: argparse.Namespace, arm: str, seed: int) 
              f'model = "{model}"', f'ctx = "{args.ctx}"', f'rope = "{rope(args)}"',
              f'init = "{args.init}"', "", "[lighthouse]"]
     lines += [f"{key} = {json.dumps(value)}" for key, value in lighthouse.items()]
-    lines += [f"dense_layers = {dense_layers}", "", "[train]"]
+    lines += ["", "[train]"]
     lines += [f"{key} = {json.dumps(value)}" for key, value in train.items()]
     layout.recipes.mkdir(parents=True, exist_ok=True)
     path = layout.recipes / f"{arm}.toml"

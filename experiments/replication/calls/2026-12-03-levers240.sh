@@ -11,6 +11,8 @@
 #                                            once when part 1 is gone (a fresh machine): then
 #                                            call1 again, then the arm again.
 #   NAME: finest | finest-rewarm | finest-rewarm-ramp   (study convert-240-NAME)
+#         shallow-finest-rewarm: Lighthouse in layers 2-14 only (13 of 30; the rest dense)
+#         alternate-finest-rewarm: Lighthouse in layers 3, 5, ..., 27 (13 of 30)
 #   probe            carry .rep/b .rep/c     settings_probe.py at 64K: the converted model's loss
 #                                            before training under each layer set / rule / top-k
 #
@@ -36,17 +38,22 @@ REWARM=(--lighthouse-set 'train.recovery_schedule="rewarm"'
         --lighthouse-set "train.recovery_warmup_steps=$REWARM_STEPS")
 RAMP=(--lighthouse-set "train.sparsify_steps=$RAMP_STEPS"
       --lighthouse-set 'train.sparsify_layers="deepest-first"')
+# settings_probe.py's layer sets of SmolLM2's 30 layers (0, 1, 28, 29 dense in every set)
+SHALLOW=(--lighthouse-set "lighthouse.dense_layers=[0, 1, $(seq -s ', ' 15 29)]")
+ALTERNATE=(--lighthouse-set "lighthouse.dense_layers=[0, 1, $(seq -s ', ' 2 2 26), 28, 29]")
 
 case "${1:?call1|arm NAME}" in
 call1)
     python3 $R stage-a save "${K[@]}"
     ;;
 arm)
-    name=${2:?finest|finest-rewarm|finest-rewarm-ramp}
+    name=${2:?an arm NAME (see the top of this file)}
     case "$name" in
     finest) levers=("${FINEST[@]}") ;;
     finest-rewarm) levers=("${FINEST[@]}" "${REWARM[@]}") ;;
     finest-rewarm-ramp) levers=("${FINEST[@]}" "${REWARM[@]}" "${RAMP[@]}") ;;
+    shallow-finest-rewarm) levers=("${FINEST[@]}" "${REWARM[@]}" "${SHALLOW[@]}") ;;
+    alternate-finest-rewarm) levers=("${FINEST[@]}" "${REWARM[@]}" "${ALTERNATE[@]}") ;;
     *) echo "unknown arm $name"; exit 2 ;;
     esac
     study=convert-240-$name
