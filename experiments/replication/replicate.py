@@ -402,7 +402,8 @@ def step_save(layout: Layout, args: argparse.Namespace) -> None:
 
 
 def step_restore(layout: Layout, args: argparse.Namespace) -> None:
-    """Put back what `save` kept and .rep lacks (what a call carried stays as carried)."""
+    """Put back what `save` kept and .rep lacks, file by file (what a call carried stays as
+    carried; a folder this call already started, such as .rep/rehearsal, gets the rest)."""
     found = sorted(p.name for p in REP.iterdir()) if REP.is_dir() else []
     print(f"restore: {REP} holds {found or 'nothing'} at the call's start")
     if not KEEP.is_dir():
@@ -410,14 +411,24 @@ def step_restore(layout: Layout, args: argparse.Namespace) -> None:
         return
     print(f"restore: {KEEP} holds {sorted(p.name for p in KEEP.iterdir())}")
     REP.mkdir(exist_ok=True)
+    restored = 0
+
+    def copy_missing(source: str, target: str) -> None:
+        nonlocal restored
+        if not os.path.lexists(target):
+            shutil.copy2(source, target, follow_symlinks=False)
+            restored += 1
+
     for entry in sorted(KEEP.iterdir()):
         target = REP / entry.name
-        if not target.exists() and not target.is_symlink():
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.copytree(entry, target, symlinks=True)
-            else:
-                shutil.copy2(entry, target, follow_symlinks=False)
-            print(f"restored {target}")
+        if entry.is_dir() and not entry.is_symlink():
+            if target.is_symlink() or (target.exists() and not target.is_dir()):
+                continue
+            shutil.copytree(entry, target, symlinks=True, dirs_exist_ok=True,
+                            copy_function=copy_missing)
+        else:
+            copy_missing(str(entry), str(target))
+    print(f"restore: {restored} files put back")
 
 
 STEPS = {"prepare": step_prepare, "save": step_save, "restore": step_restore,
