@@ -244,12 +244,23 @@ def write_report(*, archives: list[Path | str], out: Path, stage1: int,
     if summary is not None:
         entry = {**(study or {}), **study_summary(metrics, timings,
                                                    tokens_per_step=tokens_per_step)}
+        if recipe is not None:  # what `plan` and `extend` match a user's recipe on
+            entry["settings"] = recorded_settings(recipe)
         known = json.loads(summary.read_text()) if summary.is_file() else []
         known = [e for e in known if e.get("study") != entry.get("study")] + [entry]
         summary.parent.mkdir(parents=True, exist_ok=True)
         summary.write_text(json.dumps(known, indent=1) + "\n")
         print(f"report: {summary} holds {len(known)} studies")
     print(f"report: {out / 'section.md'} and {len(plots)} plots in {out}")
+
+
+def recorded_settings(recipe_json: dict) -> dict:
+    """The Lighthouse arm's levers (`outlook.LEVER_FIELDS`) from its run's recipe.json, with
+    lh-convert's defaults where an older run did not write a field."""
+    from lh_convert.train.outlook import lever_settings
+    from lh_convert.train.recipes import parse_recipe
+
+    return lever_settings(parse_recipe(recipe_json["recipe"], where="recipe.json"))
 
 
 def _interpolate(points: list[tuple[float, float]], at: float) -> float | None:
@@ -280,7 +291,12 @@ def study_summary(metrics: dict[str, list[dict]], timings: list[dict], *,
                   "steps_s": round(steps_s, 1), "steps": train[-1]["step"],
                   "val_loss": curve[-1][1] if curve else None}
         if arm == "lighthouse":
-            record["dense_val_loss_at_same_wall_s"] = _interpolate(dense_curve, steps_s)
+            # An arm cut off between its last validation and its last step (seen 2026-12-04)
+            # is compared where its loss was measured, not where its training stopped.
+            measured_at = curve[-1][0] if curve else steps_s
+            if curve and measured_at < steps_s - 1e-6:
+                record["val_loss_at_steps_s"] = round(measured_at, 1)
+            record["dense_val_loss_at_same_wall_s"] = _interpolate(dense_curve, measured_at)
             stage1 = _loss_by_time(metrics[arm], arm, stage1=True)
             record["stage1_val_loss"] = stage1[-1][1] if stage1 else None
         arms[arm] = record

@@ -25,10 +25,43 @@ def measured_studies() -> list[dict]:
     return [s for s in studies if isinstance(s, dict) and isinstance(s.get("arms"), dict)]
 
 
+# The recipe fields a study's record keeps (`settings`, written by the replication's report)
+# and a recipe is matched on: the levers of issue #18.
+LEVER_FIELDS = {"lighthouse": ("levels", "pooling", "topk", "tile", "dense_layers", "combine"),
+                "train": ("lr", "min_lr_ratio", "recovery_schedule", "recovery_warmup_steps",
+                          "recovery_peak", "sparsify_steps", "sparsify_from_topk",
+                          "sparsify_layers")}
+
+
+def lever_settings(recipe: Recipe) -> dict:
+    """The recipe's values of ``LEVER_FIELDS``, as a study's record stores them."""
+    tables = {"lighthouse": recipe.lighthouse, "train": recipe.train}
+    return {table: {name: _plain(getattr(tables[table], name)) for name in names}
+            for table, names in LEVER_FIELDS.items()}
+
+
+def _plain(value: object) -> object:
+    return sorted(value) if isinstance(value, (tuple, list)) else value
+
+
+def _same_levers(study: dict, recipe: Recipe) -> bool:
+    """The study recorded its Lighthouse arm's settings and they are this recipe's (the
+    learning rate and warm-ups as shares of the budget are not compared: budgets differ)."""
+    recorded, wanted = study.get("settings"), lever_settings(recipe)
+    if not isinstance(recorded, dict):
+        return False
+    skip = {"lr", "recovery_warmup_steps", "sparsify_steps"}
+    return all(_plain(recorded.get(table, {}).get(name)) == value
+               for table, values in wanted.items() for name, value in values.items()
+               if name not in skip) and \
+        bool(recorded["train"].get("sparsify_steps")) == bool(recipe.train.sparsify_steps)
+
+
 def expected_outcome(recipe: Recipe) -> str | None:
     """One line: how Lighthouse + recovery compared with dense training at equal training time
-    in the measured study closest to this recipe (same init; among complete studies when there
-    is one, the smallest gap), or None."""
+    in the measured study closest to this recipe (same init; the recipe's own Lighthouse
+    settings where a study measured them; among complete studies when there is one, the
+    smallest gap), or None."""
     found = []
     for study in measured_studies():
         light, dense = study["arms"].get("lighthouse", {}), study["arms"].get("dense", {})
@@ -38,22 +71,28 @@ def expected_outcome(recipe: Recipe) -> str | None:
                           light, dense))
     if not found:
         return None
-    complete = [item for item in found if is_complete(item[1])]
-    gap, study, light, dense = min(complete or found, key=lambda item: item[0])
+    same = [item for item in found if _same_levers(item[1], recipe)]
+    pool = same or found
+    complete = [item for item in pool if is_complete(item[1])]
+    gap, study, light, dense = min(complete or pool, key=lambda item: item[0])
     where = "ahead of" if gap < 0 else "behind"
+    which = "these Lighthouse settings" if same else "other Lighthouse settings than this recipe's"
     return (f"measured ({study['model']} {'from scratch' if recipe.init == 'random' else 'converted'}"
             f", {study['context']:,} tokens, study {study['study']} of docs/conversion/summary.json"
-            f"{'' if is_complete(study) else ', partial'}): Lighthouse + recovery "
+            f"{'' if is_complete(study) else ', partial'}, {which}): Lighthouse + recovery "
             f"ended {abs(gap):.2f} nats {where} dense training at the same training time "
             f"({light['val_loss']:.3f} vs {light['dense_val_loss_at_same_wall_s']:.3f} after "
-            f"{light['steps_s']:.0f}s of steps; dense's whole run {dense.get('steps_s', 0):.0f}s)")
+            f"{light.get('val_loss_at_steps_s', light['steps_s']):.0f}s of steps; dense's whole "
+            f"run {dense.get('steps_s', 0):.0f}s)")
 
 
 def is_complete(study: dict) -> bool:
-    """Every arm of the study ran its whole budget (a partial study's arms stopped early)."""
+    """Every arm of the study ran its whole budget and was validated at its end (a partial
+    study's arms stopped early, or lost their last validation: `val_loss_at_steps_s`)."""
     steps = [arm.get("steps") for arm in study["arms"].values()]
     return (isinstance(study.get("steps"), int) and bool(steps)
-            and all(count == study["steps"] for count in steps))
+            and all(count == study["steps"] for count in steps)
+            and not any("val_loss_at_steps_s" in arm for arm in study["arms"].values()))
 
 
 def recovery_note(recipe: Recipe) -> str | None:

@@ -167,6 +167,52 @@ def test_section_reports_the_arms_from_their_metrics(report, tmp_path):
     assert "`python3 -m lh_convert.cli eval`: 5s (failed, exit 130)" in section
 
 
+def test_an_arm_cut_off_after_its_last_validation_is_compared_where_it_was_measured(report):
+    """Seen 2026-12-04: an arm stopped during its final validation; its last loss is from an
+    earlier step, so the dense arm is read at that step's seconds, and the record says so."""
+    dense = [json.loads(line) for line in _metrics(3.0, 2.0, (1.0, 1.0)).splitlines()]
+    light = [json.loads(line) for line in _metrics(4.0, 2.5, (0.5, 1.0)).splitlines()]
+    light = [r for r in light if not (r["kind"] == "eval" and r["step"] == 4)]
+    after_step_3 = next(i for i, r in enumerate(light) if r["kind"] == "train" and r["step"] == 3)
+    light.insert(after_step_3 + 1, {"kind": "eval", "stage": "dense", "step": 3, "val_loss": 2.5,
+                     "val_late_loss": 2.5})  # recovery's step 3 validated, step 4 not
+    summary = report.study_summary({"dense": dense, "lighthouse": light, "dense-repeat": []},
+                                   [], tokens_per_step=10**6)
+    record = summary["arms"]["lighthouse"]
+    assert record["steps_s"] == 3.0 and record["val_loss_at_steps_s"] == 2.0
+    # dense validates 3.0 after 2 s and 2.0 after 4 s: read at 2 s (step 3), not at 3 s
+    assert record["dense_val_loss_at_same_wall_s"] == pytest.approx(3.0)
+    complete = report.study_summary({"dense": dense, "lighthouse": [
+        json.loads(line) for line in _metrics(4.0, 2.5, (0.5, 1.0)).splitlines()],
+        "dense-repeat": []}, [], tokens_per_step=10**6)["arms"]["lighthouse"]
+    assert "val_loss_at_steps_s" not in complete
+    assert complete["dense_val_loss_at_same_wall_s"] == pytest.approx(2.5)
+
+
+def test_restore_fills_in_a_folder_the_call_already_started(tmp_path, monkeypatch):
+    """A rehearsal's first step creates .rep/rehearsal before `restore` runs: the kept run
+    inside it must still come back (the arm's `resume` found no checkpoint otherwise)."""
+    spec = importlib.util.spec_from_file_location("replication_driver",
+                                                  REPORT.with_name("replicate.py"))
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    rep, keep = tmp_path / ".rep", tmp_path / "keep"
+    monkeypatch.setattr(driver, "REP", rep)
+    monkeypatch.setattr(driver, "KEEP", keep)
+    (rep / "rehearsal" / "study" / "runs").mkdir(parents=True)
+    (rep / "rehearsal" / "study" / "runs" / "step-7.pt").write_text("checkpoint\n")
+    (rep / "rehearsal" / "timings.jsonl").write_text("kept\n")
+    driver.step_save(None, None)
+
+    shutil.rmtree(rep)
+    (rep / "rehearsal").mkdir(parents=True)
+    (rep / "rehearsal" / "timings.jsonl").write_text("this call's\n")
+    driver.step_restore(None, None)
+
+    assert (rep / "rehearsal" / "study" / "runs" / "step-7.pt").read_text() == "checkpoint\n"
+    assert (rep / "rehearsal" / "timings.jsonl").read_text() == "this call's\n"
+
+
 def test_save_and_restore_carry_rep_across_device_calls(tmp_path, monkeypatch):
     """The GPU machine wipes .rep between calls but keeps /tmp: `save` copies .rep out,
     `restore` puts back what is missing and leaves what the new call carried as it is."""

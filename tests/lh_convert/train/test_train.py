@@ -447,3 +447,59 @@ def test_outlook_prefers_a_complete_study_over_a_partial_one(monkeypatch, tmp_pa
                                            init="random"))
     assert "study complete-one" in note and "partial" not in note
     assert "0.10 nats ahead of dense" in note
+
+
+def test_outlook_counts_an_arm_without_its_last_validation_as_partial(monkeypatch,
+                                                                      tmp_path: Path) -> None:
+    """An arm that trained its whole budget but lost its final validation (its loss is from an
+    earlier step, `val_loss_at_steps_s`) is partial, and its time is the measured loss's."""
+    from lh_convert.train import outlook
+    from lh_convert.train.recipes import Recipe
+
+    cut = {"study": "cut", "model": "M", "init": "pretrained", "context": 65536, "note": "",
+           "steps": 240,
+           "arms": {"dense": {"steps": 240, "steps_s": 683.0, "val_loss": 1.35},
+                    "lighthouse": {"steps": 240, "steps_s": 341.0, "val_loss_at_steps_s": 285.0,
+                                   "val_loss": 1.484, "dense_val_loss_at_same_wall_s": 1.4}}}
+    assert not outlook.is_complete(cut)
+    record = tmp_path / "conversion"
+    record.mkdir()
+    (record / "summary.json").write_text(json.dumps([cut]))
+    monkeypatch.setattr(outlook, "shipped_folder", lambda folder: record)
+    note = outlook.expected_outcome(Recipe(name="t", description="t", model="m", ctx=65536))
+    assert "partial" in note and "after 285s of steps" in note
+
+
+def test_outlook_quotes_the_study_that_measured_the_recipes_own_settings(monkeypatch,
+                                                                        tmp_path: Path) -> None:
+    """A smaller gap measured with other levers (here 13 Lighthouse layers) is not quoted for
+    a recipe whose settings another study measured; without a match, the line says so."""
+    import dataclasses
+
+    from lh_convert.train import outlook
+    from lh_convert.train.recipes import load_recipe
+
+    recipe = load_recipe("smollm2-135m-64k")
+    own = outlook.lever_settings(recipe)
+    shallow = json.loads(json.dumps(own))
+    shallow["lighthouse"]["dense_layers"] = [0, 1, *range(15, 30)]
+
+    def study(name: str, settings: dict, light_loss: float) -> dict:
+        return {"study": name, "model": "M", "init": "pretrained", "context": 65536,
+                "note": "", "steps": 240, "settings": settings,
+                "arms": {"dense": {"steps": 240, "steps_s": 683.0, "val_loss": 1.35},
+                         "lighthouse": {"steps": 240, "steps_s": 376.0, "val_loss": light_loss,
+                                        "dense_val_loss_at_same_wall_s": 1.378}}}
+
+    record = tmp_path / "conversion"
+    record.mkdir()
+    (record / "summary.json").write_text(json.dumps([study("own", own, 1.449),
+                                                     study("shallow", shallow, 1.40)]))
+    monkeypatch.setattr(outlook, "shipped_folder", lambda folder: record)
+    note = outlook.expected_outcome(recipe)
+    assert "study own " in note and "these Lighthouse settings" in note
+    assert "0.07 nats behind" in note
+    summed = dataclasses.replace(recipe, lighthouse=dataclasses.replace(recipe.lighthouse,
+                                                                        combine="sum"))
+    note = outlook.expected_outcome(summed)
+    assert "study shallow " in note and "other Lighthouse settings" in note
