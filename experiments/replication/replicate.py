@@ -431,12 +431,23 @@ def step_restore(layout: Layout, args: argparse.Namespace) -> None:
     print(f"restore: {restored} files put back")
 
 
+def step_frontier(layout: Layout, args: argparse.Namespace) -> None:
+    from report import write_frontier  # experiments/replication/report.py
+
+    if not args.summary or len(args.archive) != 1:
+        sys.exit("frontier: give --summary (docs/conversion/summary.json) and one --archive "
+                 "holding the dense arm the studies share, e.g. \"docs/replication-240/raw/"
+                 "replication-240.tar.gz#dense\"")
+    write_frontier(summary=Path(args.summary), dense_archive=args.archive[0], out=Path(args.out))
+
+
 STEPS = {"prepare": step_prepare, "save": step_save, "restore": step_restore,
          "stage-a": step_stage_a, "join": step_join, "unpack": step_unpack,
          "dense": lambda layout, args: step_arm(layout, args, "dense"),
          "lighthouse": lambda layout, args: step_arm(layout, args, "lighthouse"),
          REPEAT: lambda layout, args: step_arm(layout, args, REPEAT, seed=args.seed + 1),
-         "eval": step_eval, "eval-one": step_eval_one, "pack": step_pack, "report": step_report}
+         "eval": step_eval, "eval-one": step_eval_one, "pack": step_pack, "report": step_report,
+         "frontier": step_frontier}
 
 
 def main() -> None:

@@ -263,6 +263,65 @@ def recorded_settings(recipe_json: dict) -> dict:
     return lever_settings(parse_recipe(recipe_json["recipe"], where="recipe.json"))
 
 
+def write_frontier(*, summary: Path, dense_archive: Path | str, out: Path) -> list[dict]:
+    """Every Lighthouse arm recorded in `summary` against one dense arm (the studies whose dense
+    arm is `dense_archive`'s, by its training-step seconds): `frontier.png` (the dense curve,
+    each arm where its loss was measured, the Pareto frontier of the Lighthouse arms) and
+    `frontier.md` (the same as a table). Returns the table's rows."""
+    from lh_convert.train.outlook import is_complete
+    from lh_convert.util.figures import pyplot, save_figure
+
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch) / "merged"
+        merge_archives([dense_archive], root)
+        dense = read_metrics(root / "runs" / "dense")
+    curve = _loss_by_time(dense, "dense")
+    total = round(sum(r["step_s"] for r in dense if r["kind"] == "train"), 1)
+    rows = []
+    for study in json.loads(summary.read_text()):
+        light, base = study["arms"].get("lighthouse"), study["arms"].get("dense", {})
+        if not light or base.get("steps_s") != total or light.get("val_loss") is None:
+            continue
+        at = light.get("val_loss_at_steps_s", light["steps_s"])
+        rows.append({"study": study["study"], "steps_s": at, "share": at / total,
+                     "val_loss": light["val_loss"], "dense_at_same_s": _interpolate(curve, at),
+                     "complete": is_complete(study)})
+    for row in rows:
+        row["gap"] = row["val_loss"] - row["dense_at_same_s"]
+        row["frontier"] = not any(other is not row and other["steps_s"] <= row["steps_s"]
+                                  and other["val_loss"] <= row["val_loss"] for other in rows)
+    rows.sort(key=lambda row: row["steps_s"])
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    ax.plot(*zip(*curve), "o-", ms=3, color=COLOURS["dense"], label="dense (its validations)")
+    for index, row in enumerate(rows):
+        ax.plot(row["steps_s"], row["val_loss"], "o" if row["complete"] else "s", ms=6,
+                color=COLOURS["lighthouse"], alpha=1.0 if row["frontier"] else 0.5)
+        ax.annotate(row["study"].replace("convert-240-", "").replace("replication-240", "sum")
+                    + ("" if row["complete"] else " (partial)"),
+                    (row["steps_s"], row["val_loss"]), textcoords="offset points",
+                    xytext=(5, 4 if index % 2 else -11), fontsize=7)  # neighbours apart
+    edge = [row for row in rows if row["frontier"]]
+    ax.plot([r["steps_s"] for r in edge], [r["val_loss"] for r in edge], "--",
+            color=COLOURS["lighthouse"], label="Lighthouse + recovery: Pareto frontier")
+    ax.set(xlabel="training-step time (s)", ylabel="final validation loss (dense attention)",
+           title="every measured arm against dense training at the same seconds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    out.mkdir(parents=True, exist_ok=True)
+    save_figure(fig, out / "frontier.png", dpi=120)
+    lines = [f"Dense arm: {total:.0f}s of training steps, final {curve[-1][1]:.3f}.", "",
+             "| study | step-seconds | share of dense's | val loss | dense at the same seconds "
+             "| gap | on the frontier |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| `{r['study']}`{'' if r['complete'] else ' (partial)'} | {r['steps_s']:.0f} "
+              f"| {r['share']:.2f} | {r['val_loss']:.3f} | {r['dense_at_same_s']:.3f} "
+              f"| {r['gap']:+.3f} | {'yes' if r['frontier'] else '-'} |" for r in rows]
+    (out / "frontier.md").write_text("\n".join(lines) + "\n")
+    print(f"frontier: {len(rows)} Lighthouse arms against {dense_archive}: "
+          f"{out / 'frontier.png'}, {out / 'frontier.md'}")
+    return rows
+
+
 def _interpolate(points: list[tuple[float, float]], at: float) -> float | None:
     """A curve of `_loss_by_time` read at `at` seconds, linear between validations (None
     outside the measured span)."""

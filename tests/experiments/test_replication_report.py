@@ -189,6 +189,34 @@ def test_an_arm_cut_off_after_its_last_validation_is_compared_where_it_was_measu
     assert complete["dense_val_loss_at_same_wall_s"] == pytest.approx(2.5)
 
 
+def test_frontier_places_every_arm_that_shares_the_dense_arm(report, tmp_path):
+    """`frontier` reads the dense curve from its archive, keeps the studies of that dense arm
+    (by its step-seconds), reads each Lighthouse arm where its loss was measured, and marks
+    the arms no other arm beats on both time and loss."""
+    dense = _archive(tmp_path / "dense.tar.gz",
+                     {"runs/dense/metrics.jsonl": _metrics(3.0, 2.0, (1.0, 1.0))})  # 4 s
+
+    def study(name: str, steps_s: float, loss: float, dense_s: float = 4.0, **extra) -> dict:
+        return {"study": name, "steps": 4, "arms": {
+            "dense": {"steps": 4, "steps_s": dense_s, "val_loss": 2.0},
+            "lighthouse": {"steps": 4, "steps_s": steps_s, "val_loss": loss, **extra}}}
+
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps([
+        study("fast", 2.0, 2.8), study("slow-better", 3.0, 2.4), study("dominated", 3.5, 2.9),
+        study("cut", 3.9, 2.3, val_loss_at_steps_s=2.5),
+        study("other-baseline", 1.0, 1.0, dense_s=9.0)]))
+    rows = report.write_frontier(summary=summary, dense_archive=dense, out=tmp_path / "out")
+    by_name = {row["study"]: row for row in rows}
+    assert sorted(by_name) == ["cut", "dominated", "fast", "slow-better"]
+    assert {name for name, row in by_name.items() if row["frontier"]} == {"fast", "cut"}
+    assert by_name["cut"]["steps_s"] == 2.5 and not by_name["cut"]["complete"]
+    assert by_name["fast"]["dense_at_same_s"] == pytest.approx(3.0)  # dense: 3.0 after 2 s
+    assert by_name["slow-better"]["gap"] == pytest.approx(2.4 - 2.5)  # dense 2.5 after 3 s
+    assert (tmp_path / "out" / "frontier.png").stat().st_size > 0
+    assert "| `cut` (partial) | 2 |" in (tmp_path / "out" / "frontier.md").read_text()
+
+
 def test_restore_fills_in_a_folder_the_call_already_started(tmp_path, monkeypatch):
     """A rehearsal's first step creates .rep/rehearsal before `restore` runs: the kept run
     inside it must still come back (the arm's `resume` found no checkpoint otherwise)."""
