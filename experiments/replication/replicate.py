@@ -9,6 +9,8 @@ Steps (each one device call or less; see README.md beside this file):
            lighthouse  arm 2: stage 1 with Lighthouse (--lighthouse-fraction), then dense recovery
            eval      original 8K model, rope-only (no training), dense, lighthouse: validation
                      loss by length from the token folder, and `lh-convert eval`'s long-context suite
+           settings-probe  the converted model, untrained, under each layer set / rule / top-k
+                     (settings_probe.py)
            pack      the small outputs into one .tar.gz under $OUT
            save, restore  .rep to and from /tmp (the machine keeps /tmp between calls, not .rep)
   here:    report    unpack it into plots and a Markdown section for docs/results.md
@@ -357,11 +359,28 @@ def step_eval_one(layout: Layout, args: argparse.Namespace) -> None:
              seed=args.seed, samples=args.eval_samples, data=(str(layout.corpus),), dtype=dtype)
 
 
+def step_settings_probe(layout: Layout, args: argparse.Namespace) -> None:
+    """The model converted at `--ctx` (the arms' Lighthouse settings), untrained, and its loss
+    on `--windows` held-out windows under each layer set, rule and top-k of settings_probe.py:
+    eval/settings-probe/settings_probe.json."""
+    folder, out = layout.runs / "settings-probe", layout.eval / "settings-probe"
+    if not (folder / "manifest.json").is_file():
+        extra = ("--levels", "2", "--topk", "128", "--tile", "64") if args.rehearsal else ()
+        run(layout, "settings-probe", cli("convert", "--model", MODEL, "--out", str(folder),
+                                          "--ctx", args.ctx, "--rope", rope(args), *extra))
+    out.mkdir(parents=True, exist_ok=True)
+    probe = Path(__file__).with_name("settings_probe.py")
+    run(layout, "settings-probe", [sys.executable, str(probe), "--run", str(folder),
+                                   "--data", str(layout.corpus), "--windows", str(args.windows),
+                                   "--out", str(out / "settings_probe.json")])
+
+
 # ---- pack and report ---------------------------------------------------------------------------
 
 PACKED = ("runs/*/metrics.jsonl", "runs/*/loss.png", "runs/*/recipe.json", "runs/*/manifest.json",
           "eval/*/results.md", "eval/*/summary.json", "eval/*/*.png", "eval/*/valloss.json",
-          "eval/*/*/lm_eval_results.json", "logs/*.log", "timings.jsonl", "recipes/*.toml")
+          "eval/*/settings_probe.json", "eval/*/*/lm_eval_results.json", "logs/*.log",
+          "timings.jsonl", "recipes/*.toml")
 
 
 def step_pack(layout: Layout, args: argparse.Namespace) -> None:
@@ -446,8 +465,8 @@ STEPS = {"prepare": step_prepare, "save": step_save, "restore": step_restore,
          "dense": lambda layout, args: step_arm(layout, args, "dense"),
          "lighthouse": lambda layout, args: step_arm(layout, args, "lighthouse"),
          REPEAT: lambda layout, args: step_arm(layout, args, REPEAT, seed=args.seed + 1),
-         "eval": step_eval, "eval-one": step_eval_one, "pack": step_pack, "report": step_report,
-         "frontier": step_frontier}
+         "eval": step_eval, "eval-one": step_eval_one, "settings-probe": step_settings_probe,
+         "pack": step_pack, "report": step_report, "frontier": step_frontier}
 
 
 def main() -> None:

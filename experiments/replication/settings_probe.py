@@ -25,6 +25,9 @@ import torch
 from lh_convert.convert.attention import set_lighthouse_settings
 from lh_convert.convert.run_model import load_run_model
 from lh_convert.convert.settings import settings_of
+from lh_convert.util.hf_load import load_tokenizer
+
+from valloss import validation_loss  # experiments/replication/valloss.py
 
 
 def layer_sets(n: int) -> dict[str, list[int]]:
@@ -53,9 +56,7 @@ def main() -> None:
     model.eval()
     base = settings_of(model.config)
     n, layers = manifest.target_context, model.config.num_hidden_layers
-    tokens = np.fromfile(args.data / "validation.bin", dtype=np.uint16)
-    windows = [torch.from_numpy(tokens[i * n:(i + 1) * n].astype(np.int64))[None].to(device)
-               for i in range(args.windows)]
+    tokenizer = load_tokenizer(args.run)
     variants = {"dense": dataclasses.replace(base, dense_layers=tuple(range(layers)))}
     for combine in ("sum", "mean", "finest"):
         for name, dense in layer_sets(layers).items():
@@ -67,9 +68,8 @@ def main() -> None:
     for name, settings in variants.items():
         set_lighthouse_settings(model, settings)
         started = time.perf_counter()
-        with torch.no_grad():
-            losses = [model(input_ids=ids, labels=ids, use_cache=False).loss.item()
-                      for ids in windows]
+        losses = validation_loss(model, tokenizer=tokenizer, corpus=args.data, device=device,
+                                 lengths=[n], windows=args.windows)["lengths"][str(n)]["per_window"]
         results[name] = {"losses": losses, "dense_layers": list(settings.dense_layers),
                          "combine": settings.combine, "topk": settings.topk}
         print(f"{name:32s} loss {np.mean(losses):.3f} ({', '.join(f'{x:.3f}' for x in losses)}; "

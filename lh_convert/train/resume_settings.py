@@ -72,14 +72,16 @@ def _shown(changes: dict[str, tuple[Any, Any]]) -> str:
     return ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())
 
 
-def check_resume(old: Recipe, new: Recipe, *, out: Path,
+def check_resume(old: Recipe, new: Recipe, *, out: Path, dense: bool,
                  override: bool) -> dict[str, tuple[Any, Any]]:
-    """The changes a resume of ``out`` would make; refused in one line unless ``override``."""
+    """The changes a resume of ``out`` would make; refused in one line unless ``override``.
+    ``dense``: the run's newest checkpoint finished stage 1, so recovery resumes it."""
     changes = changed_settings(old, new)
     if changes and not override:
         raise LhConvertError(f"{out} is pinned to its recipe.json and this resume would change "
-                             f"{_shown(changes)}; resume with `lh-convert extend --out {out}` "
-                             f"alone, or add --override to change it (logged in metrics.jsonl)")
+                             f"{_shown(changes)}; resume with "
+                             f"`{resume_command(out, dense=dense)}` alone, or add --override "
+                             f"to change it (logged in metrics.jsonl)")
     return changes
 
 

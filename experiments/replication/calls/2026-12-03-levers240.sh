@@ -15,6 +15,7 @@
 #         alternate-finest-rewarm: Lighthouse in layers 3, 5, ..., 27 (13 of 30)
 #   probe            carry .rep/b .rep/c     settings_probe.py at 64K: the converted model's loss
 #                                            before training under each layer set / rule / top-k
+#                                            (study settings-probe, packed into $OUT)
 #
 # Every arm call carries part 2 itself (65.0 MB of the 67.1 MB a call may carry, with the repo
 # and .rep/c), so only part 1 and the wheels must survive between calls. REHEARSAL=1 runs the
@@ -69,11 +70,7 @@ arm)
 probe)  # carry .rep/b .rep/c: the settings probe at 64K (settings_probe.py), no training
     python3 $R restore "${K[@]}"
     python3 $R join "${K[@]}" || { echo "== PART 1 GONE (fresh machine)"; exit 3; }
-    export LH_CONVERT_CACHE=$PWD/.rep/cache PYTHONPATH=$PWD:$PWD/.rep/site
-    python3 -m lh_convert.cli convert --model smollm2-135m-gguf --out /tmp/probe64k --ctx 64k \
-        --rope theta
-    python3 experiments/replication/settings_probe.py --run /tmp/probe64k --data .rep/corpus \
-        --windows 2 --out "$OUT/settings_probe_64k.json"
+    python3 $R settings-probe pack "${K[@]}" --study settings-probe --windows 2
     ;;
 *) echo "unknown call $1"; exit 2 ;;
 esac

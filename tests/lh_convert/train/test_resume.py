@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from lh_convert.cli import main
 from lh_convert.train.data import DataSpec
 from lh_convert.train.recipes import Recipe, load_recipe
-from lh_convert.train.resume_settings import (apply_sets, changed_settings, interrupted_line,
-                                              resume_command)
+from lh_convert.train.resume_settings import (apply_sets, changed_settings, check_resume,
+                                              interrupted_line, resume_command)
 from lh_convert.train.stages import extend, read_record
 from lh_convert.util.errors import LhConvertError
 
@@ -65,7 +65,7 @@ def test_resume_uses_the_pinned_recipe_and_refuses_changes(
 
     refused = runner.invoke(main, ["extend", "--out", str(run), "--lr", "1e-3"])
     assert_one_line_error(refused, "train.lr 0.003 -> 0.001", "--override",
-                          f"lh-convert extend --out {run}")
+                          f"lh-convert recover --run {run}")  # stage 1 is complete
     refused = runner.invoke(main, ["extend", "--out", str(run), "--set", "train.stage1_steps=3"])
     assert_one_line_error(refused, "train.stage1_steps 2 -> 3")
     assert (run / "recipe.json").read_text() == pinned  # nothing was rewritten
@@ -132,3 +132,18 @@ def test_ctrl_c_line_under_torchrun_names_torchrun(tmp_path: Path, monkeypatch) 
     assert interrupted_line(tmp_path / "run", dense=False, step=0) == (
         f"interrupted: no checkpoint yet (a resume starts from the first step); resume with "
         f"`torchrun --nproc-per-node 2 -m lh_convert.cli -- extend --out {tmp_path / 'run'}`")
+
+
+@pytest.mark.parametrize(("dense", "stage"), [(False, "extend --out"), (True, "recover --run")])
+def test_a_refused_resume_names_the_launch_that_resumes(tmp_path: Path, monkeypatch, dense: bool,
+                                                        stage: str) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    base = Recipe(name="r", description="d", model="m", ctx=65536)
+    run = tmp_path / "run"
+    with pytest.raises(LhConvertError) as caught:
+        check_resume(base, apply_sets(base, ("train.lr=1e-4",)), out=run, dense=dense,
+                     override=False)
+    assert (f"resume with `torchrun --nproc-per-node 2 -m lh_convert.cli -- {stage} {run}` alone"
+            in str(caught.value))
+    assert check_resume(base, base, out=run, dense=dense, override=False) == {}

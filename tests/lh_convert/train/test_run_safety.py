@@ -310,5 +310,6 @@ def test_a_restart_takes_changed_settings_without_override(setup, tmp_path: Path
     fixed = recipe.with_train(lr=1e-3)
     assert _extend(fixed, run, data, stop_after=2).final_step == 2
     assert read_record(run)[0].train.lr == 1e-3
-    with pytest.raises(LhConvertError, match="pinned to its recipe.json"):
+    with pytest.raises(LhConvertError, match="pinned to its recipe.json") as caught:
         _extend(recipe.with_train(lr=2e-3), run, data)
+    assert f"resume with `lh-convert extend --out {run}` alone" in str(caught.value)  # in stage 1
