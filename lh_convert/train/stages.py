@@ -70,11 +70,13 @@ def extend(*, recipe: Recipe, out: Path, data: DataSpec, echo: Callable[[str], N
         recorded = read_record(out)
         if recorded is not None:
             recipe, data = _merge_resume(recorded, recipe, data, out)
-            dense = _checkpoint_step(out) >= recorded[0].train.stage1_steps
-            changes = (check_resume(recorded[0], recipe, out=out, dense=dense, override=override)
-                       if latest_checkpoint(out) is not None else {})  # untrained: a restart
-            if changes and env.main:
-                echo(record_override(out, changes, step=_checkpoint_step(out)))
+            newest = latest_checkpoint(out)
+            if newest is not None:  # untrained: a restart, which takes any settings
+                step = checkpoint_step(newest)
+                changes = check_resume(recorded[0], recipe, out=out, override=override,
+                                       dense=step >= recorded[0].train.stage1_steps)
+                if changes and env.main:
+                    echo(record_override(out, changes, step=step))
     elif out.exists() and any(out.iterdir()):
         raise LhConvertError(f"{out} exists and is not an lh-convert run; choose a new --out")
     else:
