@@ -6,7 +6,6 @@ CPU, offline, no model: `run` is replaced by a recorder.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import tarfile
 from pathlib import Path
@@ -14,15 +13,6 @@ from pathlib import Path
 import pytest
 
 DRIVER = Path(__file__).resolve().parents[2] / "experiments" / "replication" / "replicate.py"
-
-
-@pytest.fixture
-def driver(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("replication_driver", DRIVER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(module, "REP", tmp_path / ".rep")
-    return module
 
 
 @pytest.mark.parametrize("rehearsal", [True, False], ids=["rehearsal", "real"])

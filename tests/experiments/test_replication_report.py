@@ -217,16 +217,10 @@ def test_frontier_places_every_arm_that_shares_the_dense_arm(report, tmp_path):
     assert "| `cut` (partial) | 2 |" in (tmp_path / "out" / "frontier.md").read_text()
 
 
-def test_restore_fills_in_a_folder_the_call_already_started(tmp_path, monkeypatch):
+def test_restore_fills_in_a_folder_the_call_already_started(driver):
     """A rehearsal's first step creates .rep/rehearsal before `restore` runs: the kept run
     inside it must still come back (the arm's `resume` found no checkpoint otherwise)."""
-    spec = importlib.util.spec_from_file_location("replication_driver",
-                                                  REPORT.with_name("replicate.py"))
-    driver = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(driver)
-    rep, keep = tmp_path / ".rep", tmp_path / "keep"
-    monkeypatch.setattr(driver, "REP", rep)
-    monkeypatch.setattr(driver, "KEEP", keep)
+    rep = driver.REP
     (rep / "rehearsal" / "study" / "runs").mkdir(parents=True)
     (rep / "rehearsal" / "study" / "runs" / "step-7.pt").write_text("checkpoint\n")
     (rep / "rehearsal" / "timings.jsonl").write_text("kept\n")
@@ -241,16 +235,10 @@ def test_restore_fills_in_a_folder_the_call_already_started(tmp_path, monkeypatc
     assert (rep / "rehearsal" / "timings.jsonl").read_text() == "this call's\n"
 
 
-def test_save_and_restore_carry_rep_across_device_calls(tmp_path, monkeypatch):
+def test_save_and_restore_carry_rep_across_device_calls(driver, tmp_path):
     """The GPU machine wipes .rep between calls but keeps /tmp: `save` copies .rep out,
     `restore` puts back what is missing and leaves what the new call carried as it is."""
-    spec = importlib.util.spec_from_file_location("replication_driver",
-                                                  REPORT.with_name("replicate.py"))
-    driver = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(driver)
-    rep, keep = tmp_path / ".rep", tmp_path / "keep"
-    monkeypatch.setattr(driver, "REP", rep)
-    monkeypatch.setattr(driver, "KEEP", keep)
+    rep, keep = driver.REP, driver.KEEP
     (rep / "runs" / "dense").mkdir(parents=True)
     (rep / "runs" / "dense" / "metrics.jsonl").write_text("dense\n")
     (rep / "site").mkdir()
