@@ -420,6 +420,20 @@ def step_save(layout: Layout, args: argparse.Namespace) -> None:
     print(f"saved {REP} to {KEEP}")
 
 
+def _put_back(kept: Path, target: Path) -> int:
+    """Copy what `kept` holds and `target` lacks, links as links (a folder on both sides gets
+    the missing part of its contents); returns the number of files and links copied."""
+    if kept.is_dir() and not kept.is_symlink():
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
+            return 0
+        target.mkdir(exist_ok=True)
+        return sum(_put_back(child, target / child.name) for child in sorted(kept.iterdir()))
+    if os.path.lexists(target):
+        return 0
+    shutil.copy2(kept, target, follow_symlinks=False)
+    return 1
+
+
 def step_restore(layout: Layout, args: argparse.Namespace) -> None:
     """Put back what `save` kept and .rep lacks, file by file (what a call carried stays as
     carried; a folder this call already started, such as .rep/rehearsal, gets the rest)."""
@@ -430,23 +444,7 @@ def step_restore(layout: Layout, args: argparse.Namespace) -> None:
         return
     print(f"restore: {KEEP} holds {sorted(p.name for p in KEEP.iterdir())}")
     REP.mkdir(exist_ok=True)
-    restored = 0
-
-    def copy_missing(source: str, target: str) -> None:
-        nonlocal restored
-        if not os.path.lexists(target):
-            shutil.copy2(source, target, follow_symlinks=False)
-            restored += 1
-
-    for entry in sorted(KEEP.iterdir()):
-        target = REP / entry.name
-        if entry.is_dir() and not entry.is_symlink():
-            if target.is_symlink() or (target.exists() and not target.is_dir()):
-                continue
-            shutil.copytree(entry, target, symlinks=True, dirs_exist_ok=True,
-                            copy_function=copy_missing)
-        else:
-            copy_missing(str(entry), str(target))
+    restored = sum(_put_back(entry, REP / entry.name) for entry in sorted(KEEP.iterdir()))
     print(f"restore: {restored} files put back")
 
 

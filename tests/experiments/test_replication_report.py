@@ -224,15 +224,20 @@ def test_restore_fills_in_a_folder_the_call_already_started(driver):
     (rep / "rehearsal" / "study" / "runs").mkdir(parents=True)
     (rep / "rehearsal" / "study" / "runs" / "step-7.pt").write_text("checkpoint\n")
     (rep / "rehearsal" / "timings.jsonl").write_text("kept\n")
+    (rep / "site").mkdir()
+    (rep / "site" / "kernels").symlink_to(rep.parent, target_is_directory=True)
     driver.step_save(None, None)
 
     shutil.rmtree(rep)
     (rep / "rehearsal").mkdir(parents=True)
     (rep / "rehearsal" / "timings.jsonl").write_text("this call's\n")
+    (rep / "site").mkdir()  # a link on both sides (link_kernels ran): kept as it is
+    (rep / "site" / "kernels").symlink_to(rep.parent, target_is_directory=True)
     driver.step_restore(None, None)
 
     assert (rep / "rehearsal" / "study" / "runs" / "step-7.pt").read_text() == "checkpoint\n"
     assert (rep / "rehearsal" / "timings.jsonl").read_text() == "this call's\n"
+    assert (rep / "site" / "kernels").is_symlink()
 
 
 def test_save_and_restore_carry_rep_across_device_calls(driver, tmp_path):
