@@ -21,13 +21,7 @@
 # ARM_LIMIT (seconds, default 555 less the call's set-up, leaving room for pack + save) bounds
 # the arm's training commands. Exit 5: the arm failed (/tmp keeps what it had).
 # REHEARSAL=1 runs the same flow at CPU scale (8 steps at 512 context) under .rep/rehearsal.
-set -uo pipefail
-cd "$(dirname "$0")/../../.."
-R=experiments/replication/replicate.py
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-start=$SECONDS
+source "$(dirname "$0")/arm.sh"  # the calls, train_arm, exit codes
 if [[ -n "${REHEARSAL:-}" ]]; then
     K=(--rehearsal --steps 8 --lighthouse-fraction 0.75 --eval-every 2 --checkpoint-every 2)
     RAMP_STEPS=2 REWARM_STEPS=1
@@ -46,7 +40,8 @@ LOW_LR=(--lighthouse-set 'train.lr=1e-4' --lighthouse-set 'train.recovery_peak=3
         --lighthouse-set 'train.min_lr_ratio=0.3')
 SHALLOW=(--lighthouse-set "lighthouse.dense_layers=[0, 1, $(seq -s ', ' 15 29)]")
 
-levers_of() {
+arm_of() {
+    step=lighthouse study=convert-240-$1
     case "$1" in
     shallow-finest-rewarm) levers=("${FINEST[@]}" "${REWARM[@]}" "${SHALLOW[@]}") ;;
     finest-rewarm-ramp) levers=("${FINEST[@]}" "${REWARM[@]}" "${RAMP[@]}") ;;
@@ -55,40 +50,4 @@ levers_of() {
     esac
 }
 
-train_arm() {  # $1 the study; the rest: extra flags for the lighthouse step
-    local study=$1; shift
-    python3 $R restore "${K[@]}"
-    if ! python3 $R join "${K[@]}"; then
-        echo "== PART 1 GONE (fresh machine): send call1, then this arm again"
-        exit 3
-    fi
-    local limit=${ARM_LIMIT:-$(( 555 - (SECONDS - start) ))}
-    timeout -s INT "$limit" python3 $R lighthouse "${K[@]}" --study "$study" "${levers[@]}" "$@"
-    local rc=$?
-    python3 $R pack "${K[@]}" --study "$study"
-    if (( rc == 124 )); then  # cut off by the limit: keep the state for `resume`
-        python3 $R save "${K[@]}"
-        echo "== ARM CUT OFF after $((SECONDS - start))s: state kept; send \`resume $name\`"
-        exit 4
-    elif (( rc != 0 )); then  # failed: /tmp keeps what it had (a failed resume keeps its state)
-        echo "== ARM FAILED (rc $rc) after $((SECONDS - start))s"
-        exit 5
-    fi
-}
-
-case "${1:?call1|arm NAME|resume NAME}" in
-call1)
-    python3 $R stage-a save "${K[@]}"
-    ;;
-arm|resume)
-    name=${2:?an arm NAME (see the top of this file)}
-    levers_of "$name"
-    if [[ $1 == resume ]]; then
-        train_arm "convert-240-$name" --must-resume
-    else
-        train_arm "convert-240-$name"
-    fi
-    ;;
-*) echo "unknown call $1"; exit 2 ;;
-esac
-echo "== ${1} ${2:-} done in $((SECONDS - start))s"
+calls_main "$@"
