@@ -59,9 +59,9 @@ def _same_levers(study: dict, recipe: Recipe) -> bool:
 
 def expected_outcome(recipe: Recipe) -> str | None:
     """One line: how Lighthouse + recovery compared with dense training at equal training time
-    in the measured study closest to this recipe (same init; the recipe's own Lighthouse
-    settings where a study measured them; among complete studies when there is one, the
-    smallest gap), or None."""
+    in the measured study closest to this recipe (same init; the recipe's context where a study
+    measured it, then the recipe's own Lighthouse settings where a study measured them; among
+    complete studies when there is one, the smallest gap), or None."""
     found = []
     for study in measured_studies():
         light, dense = study["arms"].get("lighthouse", {}), study["arms"].get("dense", {})
@@ -71,6 +71,8 @@ def expected_outcome(recipe: Recipe) -> str | None:
                           light, dense))
     if not found:
         return None
+    at_ctx = [item for item in found if item[1].get("context") == recipe.ctx]
+    found = at_ctx or found
     same = [item for item in found if _same_levers(item[1], recipe)]
     pool = same or found
     complete = [item for item in pool if is_complete(item[1])]
@@ -78,7 +80,8 @@ def expected_outcome(recipe: Recipe) -> str | None:
     where = "ahead of" if gap < 0 else "behind"
     which = "these Lighthouse settings" if same else "other Lighthouse settings than this recipe's"
     return (f"measured ({study['model']} {'from scratch' if recipe.init == 'random' else 'converted'}"
-            f", {study['context']:,} tokens, study {study['study']} of docs/conversion/summary.json"
+            f", {study['context']:,} tokens{'' if at_ctx else f' (this recipe: {recipe.ctx:,})'}"
+            f", study {study['study']} of docs/conversion/summary.json"
             f"{'' if is_complete(study) else ', partial'}, {which}): Lighthouse + recovery "
             f"ended {abs(gap):.2f} nats {where} dense training at the same training time "
             f"({light['val_loss']:.3f} vs {light['dense_val_loss_at_same_wall_s']:.3f} after "

@@ -503,3 +503,32 @@ def test_outlook_quotes_the_study_that_measured_the_recipes_own_settings(monkeyp
                                                                         combine="sum"))
     note = outlook.expected_outcome(summed)
     assert "study shallow " in note and "other Lighthouse settings" in note
+
+
+def test_outlook_prefers_a_study_at_the_recipes_context(monkeypatch, tmp_path: Path) -> None:
+    """A 128K recipe is quoted the 128K study, not a smaller gap measured at 64K; a context no
+    study measured gets the closest other one, with the recipe's own context named."""
+    import dataclasses
+
+    from lh_convert.train import outlook
+    from lh_convert.train.recipes import load_recipe
+
+    recipe = load_recipe("smollm2-135m-64k")
+    own = outlook.lever_settings(recipe)
+
+    def study(name: str, context: int, light_loss: float) -> dict:
+        return {"study": name, "model": "M", "init": "pretrained", "context": context,
+                "note": "", "steps": 120, "settings": own,
+                "arms": {"dense": {"steps": 120, "steps_s": 651.0, "val_loss": 1.50},
+                         "lighthouse": {"steps": 120, "steps_s": 310.0, "val_loss": light_loss,
+                                        "dense_val_loss_at_same_wall_s": 1.596}}}
+
+    record = tmp_path / "conversion"
+    record.mkdir()
+    (record / "summary.json").write_text(json.dumps([study("at-64k", 65536, 1.667),
+                                                     study("at-128k", 131072, 1.784)]))
+    monkeypatch.setattr(outlook, "shipped_folder", lambda folder: record)
+    note = outlook.expected_outcome(dataclasses.replace(recipe, ctx=131072))
+    assert "study at-128k " in note and "0.19 nats behind" in note and "this recipe" not in note
+    note = outlook.expected_outcome(dataclasses.replace(recipe, ctx=32768))
+    assert "study at-64k " in note and "(this recipe: 32,768)" in note
