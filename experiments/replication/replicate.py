@@ -64,7 +64,8 @@ class Layout:
         self.site, self.cache = REP / "site", REP / "cache"
         # SmolLM2's config and tokenizer without weights (from the GGUF): the source of a
         # randomly initialised model (--init random), which needs nothing else of the GGUF.
-        self.config_only = REP / "c" / "smollm2-135m-config"
+        # It travels as .rep/c/config.tar.xz (the tokenizer is 3.4 MiB raw, 0.4 MiB in xz).
+        self.config_only = REP / "config"
 
     def env(self) -> dict[str, str]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
@@ -115,9 +116,15 @@ def cli(*arguments: str) -> list[str]:
 
 # ---- here: the corpus, the GGUF parts, the wheels ----------------------------------------------
 
+# The device tool copies the repository's tree and a call's carried paths, 64 MiB in all.
+DEVICE_CALL_MIB = 64
+
+
 def step_prepare(layout: Layout, args: argparse.Namespace) -> None:
-    """Build .rep/corpus (+ .rep/c/corpus.tar.xz), .rep/c/smollm2-135m-config (config and
-    tokenizer only), .rep/a and .rep/b (the GGUF), and .whl."""
+    """Build .rep/corpus (+ .rep/c/corpus.tar.xz), .rep/config (config and tokenizer only, +
+    .rep/c/config.tar.xz), .rep/a and .rep/b (the GGUF, split so that both calls fit the
+    device's limit) and .whl/site.tar.xz (the wheels, installed); exits non-zero when a call
+    would not fit."""
     from lh_convert.train.data import DataSpec, save_token_corpus, tokenize_corpus
     from lh_convert.convert.sources import load_config, load_tokenizer, resolve_source
     from lh_convert.util.paths import cache_dir
@@ -146,33 +153,89 @@ def step_prepare(layout: Layout, args: argparse.Namespace) -> None:
         load_config(source).save_pretrained(staging)
         load_tokenizer(source).save_pretrained(staging)
         staging.rename(layout.config_only)
-    archive = REP / "c" / "corpus.tar.xz"
-    if not archive.exists():
-        archive.parent.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive, "w:xz", preset=9) as tar:
-            tar.add(layout.corpus, arcname="corpus")
+    shutil.rmtree(REP / "c" / "smollm2-135m-config", ignore_errors=True)  # before 2026-12-06
+    for folder, name in ((layout.corpus, "corpus.tar.xz"), (layout.config_only, "config.tar.xz")):
+        xz_archive(folder, REP / "c" / name)
+    if args.wheels:
+        downloads = REP / "wheels"
+        downloads.mkdir(exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
+                        *DEVICE_PLATFORM, "-d", str(downloads), *DEVICE_WHEELS], check=True)
+        for stale in (REPO / ".whl").glob("*.whl"):  # carried as wheels before 2026-12-06
+            stale.unlink()
+        pack_site(sorted(downloads.glob("*.whl")), REPO / ".whl" / "site.tar.xz")
     data = gguf.read_bytes()
-    half = (len(data) + 1) // 2  # two parts under 50 MB each
-    for folder, part in (("a", data[:half]), ("b", data[half:])):
+    carried = {call: sum(p.stat().st_size for p in paths if p.is_file())
+               for call, paths in (("call1", [REPO / ".whl" / "site.tar.xz"]),
+                                   ("arm", list((REP / "c").glob("*.tar.xz"))))}
+    first = split_point(len(data), carried["call1"], carried["arm"])
+    for folder, part in (("a", data[:first]), ("b", data[first:])):
         (REP / folder).mkdir(exist_ok=True)
         (REP / folder / f"gguf.part{'1' if folder == 'a' else '2'}").write_bytes(part)
     (REP / "b" / "gguf.sha256").write_text(hashlib.sha256(data).hexdigest() + "\n")
-    if args.wheels:
-        wheels = REPO / ".whl"
-        wheels.mkdir(exist_ok=True)
-        platforms = [f"--platform={p}" for p in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64",
-                                                  "manylinux2014_x86_64")]
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
-                        "--only-binary=:all:", "--python-version", "3.12", "--implementation",
-                        "cp", *platforms, "-d", str(wheels), *DEVICE_WHEELS], check=True)
-    for path in sorted([*REP.glob("[abc]/*"), *(REPO / ".whl").glob("*.whl")]):
-        print(f"{path.stat().st_size / 2**20:8.2f} MiB  {path.relative_to(REPO)}")
+    for path in sorted([*REP.glob("[abc]/*"), *(REPO / ".whl").glob("*")]):
+        if path.is_file():
+            print(f"{path.stat().st_size / 2**20:8.2f} MiB  {path.relative_to(REPO)}")
+    tree = tree_bytes(REPO)
+    calls = {"call1 (.rep/a .whl)": tree + first + carried["call1"],
+             "arm (.rep/b .rep/c)": tree + len(data) - first + carried["arm"]}
+    for call, size in calls.items():
+        print(f"{size / 2**20:8.2f} MiB  {call}, with the repository's tree "
+              f"({tree / 2**20:.2f} MiB), of the device's {DEVICE_CALL_MIB} MiB")
+    over = [call for call, size in calls.items() if size > DEVICE_CALL_MIB * 2**20]
+    if over:
+        sys.exit(f"prepare: {', '.join(over)} would exceed the device's {DEVICE_CALL_MIB} MiB "
+                 f"per call; shrink the tracked tree ({tree / 2**20:.1f} MiB: `git ls-files` "
+                 f"sizes) or stage the GGUF over one more call")
+
+
+def xz_archive(folder: Path, archive: Path) -> None:
+    """`folder` as an xz tar named after it, written under a temporary name (kept if there)."""
+    if archive.exists():
+        return
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    scratch = archive.with_name(archive.name + ".tmp")
+    with tarfile.open(scratch, "w:xz", preset=9) as tar:
+        tar.add(folder, arcname=folder.name)
+    scratch.rename(archive)
+
+
+def split_point(total: int, call1_rest: int, arm_rest: int) -> int:
+    """Where the GGUF's bytes are split so that call 1 (part 1 + the wheels) and the arm call
+    (part 2 + the corpus and config) carry the same amount."""
+    return min(max((total + arm_rest - call1_rest) // 2, 1), total - 1)
+
+
+def tree_bytes(repo: Path) -> int:
+    """The bytes a device call copies besides what it carries: tracked files and untracked
+    ones git does not ignore."""
+    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                            "--exclude-standard"], cwd=repo, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    return sum((repo / name).stat().st_size for name in names
+               if name and (repo / name).is_file() and not (repo / name).is_symlink())
+
+
+def pack_site(wheels: list[Path], archive: Path) -> None:
+    """The wheels installed into a folder (for the device's Python 3.12), as one xz tar: a
+    third of their size (lm-eval's wheel is 9 MiB, its installed files 3 MiB in xz)."""
+    staging = archive.with_name("site.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                    "--no-compile", "--no-cache-dir", *DEVICE_PLATFORM, "--target",
+                    str(staging), *map(str, wheels)], check=True)
+    archive.unlink(missing_ok=True)
+    xz_archive(staging, archive)
+    shutil.rmtree(staging)
 
 
 # What the GPU image lacks for `lh-convert eval` (lm-eval, reading JSONL through datasets) and
 # for reading the GGUF; everything else those import is in the image (KINDS.md's list).
 DEVICE_WHEELS = ("lm_eval==0.4.13", "datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19",
                  "gguf==0.19.0")
+DEVICE_PLATFORM = ("--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
+                   *(f"--platform={p}" for p in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64",
+                                                 "manylinux2014_x86_64")))
 
 
 # ---- device: the wheels, the GGUF, the corpus --------------------------------------------------
@@ -188,10 +251,14 @@ def link_kernels(layout: Layout) -> None:
 
 
 def step_stage_a(layout: Layout, args: argparse.Namespace) -> None:
-    """Install the wheels (carried in .whl) into .rep/site; `save` then keeps them and GGUF
+    """Unpack the installed wheels (carried in .whl/site.tar.xz; wheels themselves, as
+    prepared before 2026-12-06, are installed) into .rep/site; `save` then keeps them and GGUF
     part 1 (carried in .rep/a) for the next call."""
+    site = REPO / ".whl" / "site.tar.xz"
     wheels = sorted(str(path) for path in (REPO / ".whl").glob("*.whl"))
-    if wheels and not args.rehearsal:  # cp312 wheels; a rehearsal uses this Python's packages
+    if site.is_file() and not args.rehearsal:  # a rehearsal uses this Python's packages
+        unpack_site(site, layout.site)
+    elif wheels and not args.rehearsal:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
                         "--no-compile", "--no-cache-dir", "--upgrade", "--target",
                         str(layout.site), *wheels], check=True)
@@ -204,12 +271,28 @@ def step_stage_a(layout: Layout, args: argparse.Namespace) -> None:
     run(layout, "stage-a", [sys.executable, "-c", check])
 
 
+def unpack_site(archive: Path, site: Path) -> None:
+    """What `pack_site` packed, into `site` (files already there are replaced)."""
+    site.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            name = Path(member.name)
+            if name.parts[:1] != ("site.staging",) or len(name.parts) < 2:
+                continue
+            member.name = str(Path(*name.parts[1:]))
+            tar.extract(member, site, filter="data")
+
+
 def step_unpack(layout: Layout, args: argparse.Namespace) -> None:
     """Unpack the corpus (carried in .rep/c) and link the kernels: all that training a randomly
-    initialised model needs besides .rep/c's config-only folder (no wheels, no GGUF)."""
+    initialised model needs besides the config-only folder (also in .rep/c; no wheels, no GGUF)."""
     link_kernels(layout)
     if not (layout.corpus / "meta.json").is_file():
         with tarfile.open(REP / "c" / "corpus.tar.xz") as tar:
+            tar.extractall(REP, filter="data")
+    config = REP / "c" / "config.tar.xz"
+    if not (layout.config_only / "config.json").is_file() and config.is_file():
+        with tarfile.open(config) as tar:
             tar.extractall(REP, filter="data")
     meta = json.loads((layout.corpus / "meta.json").read_text())
     print(f"corpus: {meta['num_tokens'][0]:,} training and {meta['num_tokens'][1]:,} validation "

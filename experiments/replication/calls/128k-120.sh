@@ -12,6 +12,13 @@
 #   arm finest-rewarm   carry .rep/b .rep/c    finest + rewarm (3 warm-up steps), 26 of 30 layers
 #   arm shallow-finest-rewarm                  the same in layers 2-14 only, if time is left
 #
+# Added 2026-12-06 (second session; on an H100, so that study 4's dense arm, also H100, is the
+# baseline: each arm below is its own study, reported against convert-128k-120's dense arm):
+#   arm shallow-finest-rewarm   (above) ~650 s: cut off, then `resume shallow-finest-rewarm`
+#   arm k4096-finest-rewarm     finest + rewarm with k = 4096 (64K's share of the sequence)
+#   arm finest-rewarm-lr6e-4    finest + rewarm, stage 1's peak 6e-4 (recovery still re-warms
+#                               to 3e-4, floor still 3e-5)
+#
 # Each call packs its study archive into $OUT (`convert-128k-120.tar.gz`: every arm run so far,
 # as the archive of a later call includes the earlier arms' files). Exit 3: GGUF part 1 gone
 # (fresh machine: call1 again); 4: cut off, state kept in /tmp; 5: the arm failed.
@@ -22,16 +29,21 @@ SAVE_AFTER_ARM=1  # the next arm's call restores the study with this arm in it
 STUDY=convert-128k-120
 if [[ -n "${REHEARSAL:-}" ]]; then
     K=(--rehearsal --steps 8 --lighthouse-fraction 0.75 --eval-every 2 --checkpoint-every 2)
-    REWARM_STEPS=1
+    REWARM_STEPS=1 WIDE_K=256
 else
     K=(--ctx 128k --grad-accum 1 --steps 120 --lighthouse-fraction 0.75 --eval-every 20
        --checkpoint-every 40)
-    REWARM_STEPS=3
+    REWARM_STEPS=3 WIDE_K=4096
 fi
 FINEST=(--lighthouse-set 'lighthouse.combine="finest"')
 REWARM=(--lighthouse-set 'train.recovery_schedule="rewarm"'
         --lighthouse-set "train.recovery_warmup_steps=$REWARM_STEPS")
 SHALLOW=(--lighthouse-set "lighthouse.dense_layers=[0, 1, $(seq -s ', ' 15 29)]")
+WIDE=(--lighthouse-set "lighthouse.topk=$WIDE_K")  # twice the recipe's k (a rehearsal's too)
+# stage 1 at twice the peak; recovery_peak and min_lr_ratio keep recovery's peak (3e-4) and the
+# floor (3e-5) where finest-rewarm has them
+HIGH_LR=(--lighthouse-set 'train.lr=6e-4' --lighthouse-set 'train.recovery_peak=0.5'
+         --lighthouse-set 'train.min_lr_ratio=0.05')
 
 arm_of() {  # the replicate.py step, flags and study of arm $1
     study=$STUDY
@@ -40,6 +52,10 @@ arm_of() {  # the replicate.py step, flags and study of arm $1
     finest-rewarm) step=lighthouse levers=("${FINEST[@]}" "${REWARM[@]}") ;;
     shallow-finest-rewarm) step=lighthouse study=$STUDY-$1
         levers=("${FINEST[@]}" "${REWARM[@]}" "${SHALLOW[@]}") ;;
+    k4096-finest-rewarm) step=lighthouse study=$STUDY-$1
+        levers=("${FINEST[@]}" "${REWARM[@]}" "${WIDE[@]}") ;;
+    finest-rewarm-lr6e-4) step=lighthouse study=$STUDY-$1
+        levers=("${FINEST[@]}" "${REWARM[@]}" "${HIGH_LR[@]}") ;;
     *) echo "unknown arm $1 (see the top of this file)"; exit 2 ;;
     esac
 }

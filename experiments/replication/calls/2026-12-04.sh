@@ -11,6 +11,11 @@
 #   finest-rewarm-lr1e-4    stage 1's peak 1e-4 instead of 3e-4 (recovery still re-warms to 3e-4,
 #                           floor still 3e-5)
 #
+# Added 2026-12-06 (second session; for an H200, whose dense arm replication-240 ran on):
+#   shallow7-finest-rewarm  Lighthouse in layers 2-8 only (7 of 30): a step nearer a dense one's
+#                           cost than the 13-layer set's 0.74; ~700 s, cut off, then `resume`
+#   finest-rewarm-lr6e-4    stage 1's peak 6e-4 (recovery re-warms to 3e-4, floor 3e-5)
+#
 # Calls (send each at once after the last: the machine idles out after 30 s and keeps nothing):
 #   call1          carry .rep/a .whl       wheels + GGUF part 1 into /tmp (~20 s)
 #   arm NAME       carry .rep/b .rep/c     one Lighthouse arm, packed into $OUT; when the call's
@@ -39,6 +44,9 @@ RAMP=(--lighthouse-set "train.sparsify_steps=$RAMP_STEPS"
 LOW_LR=(--lighthouse-set 'train.lr=1e-4' --lighthouse-set 'train.recovery_peak=3.0'
         --lighthouse-set 'train.min_lr_ratio=0.3')
 SHALLOW=(--lighthouse-set "lighthouse.dense_layers=[0, 1, $(seq -s ', ' 15 29)]")
+SHALLOW7=(--lighthouse-set "lighthouse.dense_layers=[0, 1, $(seq -s ', ' 9 29)]")
+HIGH_LR=(--lighthouse-set 'train.lr=6e-4' --lighthouse-set 'train.recovery_peak=0.5'
+         --lighthouse-set 'train.min_lr_ratio=0.05')
 
 arm_of() {
     step=lighthouse study=convert-240-$1
@@ -46,6 +54,8 @@ arm_of() {
     shallow-finest-rewarm) levers=("${FINEST[@]}" "${REWARM[@]}" "${SHALLOW[@]}") ;;
     finest-rewarm-ramp) levers=("${FINEST[@]}" "${REWARM[@]}" "${RAMP[@]}") ;;
     finest-rewarm-lr1e-4) levers=("${FINEST[@]}" "${REWARM[@]}" "${LOW_LR[@]}") ;;
+    shallow7-finest-rewarm) levers=("${FINEST[@]}" "${REWARM[@]}" "${SHALLOW7[@]}") ;;
+    finest-rewarm-lr6e-4) levers=("${FINEST[@]}" "${REWARM[@]}" "${HIGH_LR[@]}") ;;
     *) echo "unknown arm $1 (see the top of this file)"; exit 2 ;;
     esac
 }
