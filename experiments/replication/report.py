@@ -263,6 +263,14 @@ def recorded_settings(recipe_json: dict) -> dict:
     return lever_settings(parse_recipe(recipe_json["recipe"], where="recipe.json"))
 
 
+def _arm_label(study: str) -> str:
+    """A study's name without its budget's prefix, for a plot's label."""
+    names = {"replication-240": "sum", "convert-128k-120": "finest-rewarm"}
+    for prefix in ("convert-240-", "convert-128k-120-"):
+        study = study.removeprefix(prefix)
+    return names.get(study, study)
+
+
 def write_frontier(*, summary: Path, dense_archive: Path | str, out: Path) -> list[dict]:
     """Every Lighthouse arm recorded in `summary` against one dense arm (the studies whose dense
     arm is `dense_archive`'s, by its training-step seconds): `frontier.png` (the dense curve,
@@ -297,8 +305,7 @@ def write_frontier(*, summary: Path, dense_archive: Path | str, out: Path) -> li
     for index, row in enumerate(rows):
         ax.plot(row["steps_s"], row["val_loss"], "o" if row["complete"] else "s", ms=6,
                 color=COLOURS["lighthouse"], alpha=1.0 if row["frontier"] else 0.5)
-        ax.annotate(row["study"].replace("convert-240-", "").replace("replication-240", "sum")
-                    + ("" if row["complete"] else " (partial)"),
+        ax.annotate(_arm_label(row["study"]) + ("" if row["complete"] else " (partial)"),
                     (row["steps_s"], row["val_loss"]), textcoords="offset points",
                     xytext=(5, 4 if index % 2 else -11), fontsize=7)  # neighbours apart
     edge = [row for row in rows if row["frontier"]]
