@@ -86,21 +86,36 @@ def run(layout: Layout, step: str, command: list[str]) -> float:
         log.write(f"$ {shown}\n")
         process = subprocess.Popen(command, cwd=REPO, env=layout.env(), stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, errors="replace")
+        code = None
         try:
-            _echo_lines(process, log)
-        except KeyboardInterrupt:
-            # `timeout -s INT` (or Ctrl-C) signals the whole process group: lh-convert saves a
-            # checkpoint and exits; keep its output flowing until it has, so the next call resumes.
-            print(f"\n{step}: interrupted; waiting for the command to save and exit", flush=True)
-            _echo_lines(process, log)
-        code = process.wait()
-    seconds = time.perf_counter() - started
-    with open(layout.root / "timings.jsonl", "a", encoding="utf-8") as handle:
-        handle.write(json.dumps({"step": step, "command": shown, "seconds": round(seconds, 2),
-                                 "exit": code}) + "\n")
+            code = _wait_through_interrupts(process, log, step)
+        finally:  # the wall time is kept even when the driver itself is stopped
+            seconds = time.perf_counter() - started
+            with open(layout.root / "timings.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": step, "command": shown,
+                                         "seconds": round(seconds, 2),
+                                         "exit": code if code is not None else "stopped"})
+                             + "\n")
     if code != 0:
         sys.exit(f"{step}: `{shown}` failed with exit status {code} after {seconds:.0f}s")
     return seconds
+
+
+def _wait_through_interrupts(process: subprocess.Popen, log, step: str) -> int:
+    """Echo the command's output until it exits; return its exit status. `timeout -s INT` (or
+    Ctrl-C) signals the whole process group: lh-convert saves a checkpoint and exits, so an
+    interrupt here (a second one too) keeps its output flowing until it has, and the next call
+    resumes."""
+    interrupted = False
+    while True:
+        try:
+            _echo_lines(process, log)
+            return process.wait()
+        except KeyboardInterrupt:
+            if not interrupted:
+                print(f"\n{step}: interrupted; waiting for the command to save and exit",
+                      flush=True)
+            interrupted = True
 
 
 def _echo_lines(process: subprocess.Popen, log) -> None:

@@ -1,10 +1,14 @@
-"""What the replication driver carries to the device (experiments/replication/replicate.py):
-the GGUF split that balances the two calls, and the wheels travelling installed as one xz tar.
+"""What the replication driver carries to and keeps from a device call
+(experiments/replication/replicate.py): the GGUF split that balances the two calls, the wheels
+travelling installed as one xz tar, and the wall time of a command the call's limit stopped.
 CPU, offline: a hand-made pure-Python wheel, installed by pip with --no-index.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 import zipfile
 from pathlib import Path
 
@@ -57,3 +61,28 @@ def test_pack_site_then_unpack_site_installs_the_wheels_files(driver, tmp_path) 
     assert (site / "carried" / "__init__.py").read_text() == "VALUE = 42\n"
     assert (site / "carried-0.1.dist-info" / "METADATA").is_file()
     assert not (site / "site.staging").exists()  # the staging folder's name is stripped
+
+
+def test_run_keeps_waiting_through_repeated_interrupts_and_records_the_wall_time(
+        driver, monkeypatch, tmp_path) -> None:
+    """Two interrupts (the call's limit, then another) while the command saves: `run` waits for
+    it, and its timings line is written (the lr6e-4 arm of 2026-12-06 lost its `recover` line)."""
+    layout = driver.Layout(argparse.Namespace(rehearsal=True, study="s"))
+    layout.root.mkdir(parents=True)
+    calls = {"n": 0}
+    real_echo = driver._echo_lines
+
+    def interrupted_twice(process, log):
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise KeyboardInterrupt
+        real_echo(process, log)
+
+    monkeypatch.setattr(driver, "_echo_lines", interrupted_twice)
+    with pytest.raises(SystemExit, match="exit status 3"):
+        driver.run(layout, "arm", [sys.executable, "-c", "print('saved'); raise SystemExit(3)"])
+    assert calls["n"] == 3
+    (line,) = (layout.root / "timings.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    assert record["step"] == "arm" and record["exit"] == 3 and record["seconds"] >= 0
+    assert "saved" in (layout.logs / "arm.log").read_text()
