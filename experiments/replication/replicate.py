@@ -133,6 +133,13 @@ def cli(*arguments: str) -> list[str]:
 
 # The device tool copies the repository's tree and a call's carried paths, 64 MiB in all.
 DEVICE_CALL_MIB = 64
+# The wheels the image lacks, installed for the device's Python (`pack_site`), carried by call 1.
+SITE_ARCHIVE = REPO / ".whl" / "site.tar.xz"
+
+
+def carried_archive(folder: Path) -> Path:
+    """Where `folder` (.rep/corpus, .rep/config) travels to the arm calls as an xz tar."""
+    return REP / "c" / f"{folder.name}.tar.xz"
 
 
 def step_prepare(layout: Layout, args: argparse.Namespace) -> None:
@@ -169,8 +176,8 @@ def step_prepare(layout: Layout, args: argparse.Namespace) -> None:
         load_tokenizer(source).save_pretrained(staging)
         staging.rename(layout.config_only)
     shutil.rmtree(REP / "c" / "smollm2-135m-config", ignore_errors=True)  # before 2026-12-06
-    for folder, name in ((layout.corpus, "corpus.tar.xz"), (layout.config_only, "config.tar.xz")):
-        xz_archive(folder, REP / "c" / name)
+    for folder in (layout.corpus, layout.config_only):
+        xz_archive(folder, carried_archive(folder))
     if args.wheels:
         downloads = REP / "wheels"
         downloads.mkdir(exist_ok=True)
@@ -178,11 +185,12 @@ def step_prepare(layout: Layout, args: argparse.Namespace) -> None:
                         *DEVICE_PLATFORM, "-d", str(downloads), *DEVICE_WHEELS], check=True)
         for stale in (REPO / ".whl").glob("*.whl"):  # carried as wheels before 2026-12-06
             stale.unlink()
-        pack_site(sorted(downloads.glob("*.whl")), REPO / ".whl" / "site.tar.xz")
+        pack_site(sorted(downloads.glob("*.whl")), SITE_ARCHIVE)
     data = gguf.read_bytes()
     carried = {call: sum(p.stat().st_size for p in paths if p.is_file())
-               for call, paths in (("call1", [REPO / ".whl" / "site.tar.xz"]),
-                                   ("arm", list((REP / "c").glob("*.tar.xz"))))}
+               for call, paths in (("call1", [SITE_ARCHIVE]),
+                                   ("arm", [carried_archive(layout.corpus),
+                                            carried_archive(layout.config_only)]))}
     first = split_point(len(data), carried["call1"], carried["arm"])
     for folder, part in (("a", data[:first]), ("b", data[first:])):
         (REP / folder).mkdir(exist_ok=True)
@@ -266,17 +274,10 @@ def link_kernels(layout: Layout) -> None:
 
 
 def step_stage_a(layout: Layout, args: argparse.Namespace) -> None:
-    """Unpack the installed wheels (carried in .whl/site.tar.xz; wheels themselves, as
-    prepared before 2026-12-06, are installed) into .rep/site; `save` then keeps them and GGUF
-    part 1 (carried in .rep/a) for the next call."""
-    site = REPO / ".whl" / "site.tar.xz"
-    wheels = sorted(str(path) for path in (REPO / ".whl").glob("*.whl"))
-    if site.is_file() and not args.rehearsal:  # a rehearsal uses this Python's packages
-        unpack_site(site, layout.site)
-    elif wheels and not args.rehearsal:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
-                        "--no-compile", "--no-cache-dir", "--upgrade", "--target",
-                        str(layout.site), *wheels], check=True)
+    """Unpack the installed wheels (carried in .whl/site.tar.xz) into .rep/site; `save` then
+    keeps them and GGUF part 1 (carried in .rep/a) for the next call."""
+    if SITE_ARCHIVE.is_file() and not args.rehearsal:  # a rehearsal uses this Python's packages
+        unpack_site(SITE_ARCHIVE, layout.site)
     link_kernels(layout)
     check = ("import torch, transformers, datasets, lm_eval, gguf, lighthouse_kernels, "
              "lh_convert.evaluate.runner; print('torch', torch.__version__, 'transformers', "
@@ -302,10 +303,10 @@ def step_unpack(layout: Layout, args: argparse.Namespace) -> None:
     """Unpack the corpus (carried in .rep/c) and link the kernels: all that training a randomly
     initialised model needs besides the config-only folder (also in .rep/c; no wheels, no GGUF)."""
     link_kernels(layout)
-    if not (layout.corpus / "meta.json").is_file():
-        with tarfile.open(REP / "c" / "corpus.tar.xz") as tar:
+    if not (layout.corpus / "meta.json").is_file():  # the corpus is needed: no archive fails
+        with tarfile.open(carried_archive(layout.corpus)) as tar:
             tar.extractall(REP, filter="data")
-    config = REP / "c" / "config.tar.xz"
+    config = carried_archive(layout.config_only)  # only --init random reads it
     if not (layout.config_only / "config.json").is_file() and config.is_file():
         with tarfile.open(config) as tar:
             tar.extractall(REP, filter="data")

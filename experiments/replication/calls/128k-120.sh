@@ -24,7 +24,7 @@
 # (fresh machine: call1 again); 4: cut off, state kept in /tmp; 5: the arm failed.
 # ARM_LIMIT (seconds, default 555 less the call's set-up) bounds an arm's training commands.
 # REHEARSAL=1 runs the same flow at CPU scale (8 steps at 512 context) under .rep/rehearsal.
-source "$(dirname "$0")/arm.sh"  # the calls, train_arm, exit codes
+source "$(dirname "$0")/arm.sh"  # the calls, train_arm, exit codes, shared levers
 SAVE_AFTER_ARM=1  # the next arm's call restores the study with this arm in it
 STUDY=convert-128k-120
 if [[ -n "${REHEARSAL:-}" ]]; then
@@ -35,15 +35,9 @@ else
        --checkpoint-every 40)
     REWARM_STEPS=3 WIDE_K=4096
 fi
-FINEST=(--lighthouse-set 'lighthouse.combine="finest"')
 REWARM=(--lighthouse-set 'train.recovery_schedule="rewarm"'
         --lighthouse-set "train.recovery_warmup_steps=$REWARM_STEPS")
-SHALLOW=(--lighthouse-set "lighthouse.dense_layers=[0, 1, $(seq -s ', ' 15 29)]")
 WIDE=(--lighthouse-set "lighthouse.topk=$WIDE_K")  # twice the recipe's k (a rehearsal's too)
-# stage 1 at twice the peak; recovery_peak and min_lr_ratio keep recovery's peak (3e-4) and the
-# floor (3e-5) where finest-rewarm has them
-HIGH_LR=(--lighthouse-set 'train.lr=6e-4' --lighthouse-set 'train.recovery_peak=0.5'
-         --lighthouse-set 'train.min_lr_ratio=0.05')
 
 arm_of() {  # the replicate.py step, flags and study of arm $1
     study=$STUDY

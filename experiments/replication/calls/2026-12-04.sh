@@ -26,7 +26,7 @@
 # ARM_LIMIT (seconds, default 555 less the call's set-up, leaving room for pack + save) bounds
 # the arm's training commands. Exit 5: the arm failed (/tmp keeps what it had).
 # REHEARSAL=1 runs the same flow at CPU scale (8 steps at 512 context) under .rep/rehearsal.
-source "$(dirname "$0")/arm.sh"  # the calls, train_arm, exit codes
+source "$(dirname "$0")/arm.sh"  # the calls, train_arm, exit codes, shared levers
 if [[ -n "${REHEARSAL:-}" ]]; then
     K=(--rehearsal --steps 8 --lighthouse-fraction 0.75 --eval-every 2 --checkpoint-every 2)
     RAMP_STEPS=2 REWARM_STEPS=1
@@ -34,7 +34,6 @@ else
     K=(--steps 240 --lighthouse-fraction 0.75 --eval-every 20 --checkpoint-every 40)
     RAMP_STEPS=40 REWARM_STEPS=5
 fi
-FINEST=(--lighthouse-set 'lighthouse.combine="finest"')
 REWARM=(--lighthouse-set 'train.recovery_schedule="rewarm"'
         --lighthouse-set "train.recovery_warmup_steps=$REWARM_STEPS")
 RAMP=(--lighthouse-set "train.sparsify_steps=$RAMP_STEPS"
@@ -43,10 +42,7 @@ RAMP=(--lighthouse-set "train.sparsify_steps=$RAMP_STEPS"
 # and the floor (3e-5) where finest-rewarm has them
 LOW_LR=(--lighthouse-set 'train.lr=1e-4' --lighthouse-set 'train.recovery_peak=3.0'
         --lighthouse-set 'train.min_lr_ratio=0.3')
-SHALLOW=(--lighthouse-set "lighthouse.dense_layers=[0, 1, $(seq -s ', ' 15 29)]")
 SHALLOW7=(--lighthouse-set "lighthouse.dense_layers=[0, 1, $(seq -s ', ' 9 29)]")
-HIGH_LR=(--lighthouse-set 'train.lr=6e-4' --lighthouse-set 'train.recovery_peak=0.5'
-         --lighthouse-set 'train.min_lr_ratio=0.05')
 
 arm_of() {
     step=lighthouse study=convert-240-$1

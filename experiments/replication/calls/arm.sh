@@ -1,6 +1,7 @@
 # Sourced by a session's calls script (2026-12-04.sh, 128k-120.sh): the device-call flow their
-# arms share. Before `calls_main "$@"` the script sets K (replicate.py's budget flags) and
-# defines `arm_of NAME`, which sets `step` (dense or lighthouse), `levers` (its
+# arms share, and the levers both use (FINEST, SHALLOW, HIGH_LR). Before `calls_main "$@"` the
+# script sets K (replicate.py's budget flags) and defines `arm_of NAME`, which sets `step`
+# (dense or lighthouse), `levers` (its
 # --lighthouse-set flags) and `study`. SAVE_AFTER_ARM=1 keeps .rep in /tmp after a finished
 # arm too (a later call's arm shares its study).
 #
@@ -12,6 +13,14 @@
 #   resume NAME    the same with --must-resume
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
+
+# Levers the calls scripts share (replicate.py's --lighthouse-set flags on the recipe):
+FINEST=(--lighthouse-set 'lighthouse.combine="finest"')
+SHALLOW=(--lighthouse-set "lighthouse.dense_layers=[0, 1, $(seq -s ', ' 15 29)]")  # LH in 2-14
+# stage 1 at twice the peak; recovery_peak and min_lr_ratio keep recovery's peak (3e-4) and the
+# floor (3e-5) where the default schedule has them
+HIGH_LR=(--lighthouse-set 'train.lr=6e-4' --lighthouse-set 'train.recovery_peak=0.5'
+         --lighthouse-set 'train.min_lr_ratio=0.05')
 R=experiments/replication/replicate.py
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
